@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny ImageFolder datasets made of real JPEGs, and running the real train.py."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+# Tests run on 2 cores: one intra-op thread per process keeps torchrun's two workers from fighting.
+TEST_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+# Small but real: ResNet-18 at 32 px trains fast on a CPU; ResNet-50 is covered by its own tests.
+FAST_ARGS = [
+    "--device", "cpu", "--model", "resnet18", "--batch-size", "4", "--workers", "0",
+    "--train-crop-size", "32", "--val-resize-size", "36", "--val-crop-size", "32", "--print-freq", "1",
+]
+
+
+def draw_image(label: int, rng: np.random.Generator, size: int) -> Image.Image:
+    """A learnable picture: the class sets the dominant colour and the stripe direction, plus noise."""
+    base = np.array([(label * 97) % 256, (label * 57 + 80) % 256, (label * 151 + 30) % 256], dtype=np.float32)
+    img = np.tile(base, (size, size, 1))
+    stripes = (np.arange(size) // max(1, size // 8)) % 2 * 60.0
+    img += stripes[:, None, None] if label % 2 else stripes[None, :, None]
+    img += rng.normal(0, 12, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def make_imagefolder(root, classes=3, train_per_class=8, val_per_class=3, size=40, seed=0) -> str:
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for c in range(classes):
+            folder = os.path.join(root, split, f"class{c:02d}")
+            os.makedirs(folder, exist_ok=True)
+            for i in range(n):
+                draw_image(c, rng, size).save(os.path.join(folder, f"img{i:03d}.JPEG"), quality=90)
+    return str(root)
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    return make_imagefolder(tmp_path / "data")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_train(args, *, cwd=None, env=None, timeout=300, check=True) -> subprocess.CompletedProcess:
+    """Run `python train.py ARGS` as a user would; returns the completed process (stdout+stderr text)."""
+    full_env = dict(os.environ, **TEST_ENV, **(env or {}))
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *map(str, args)], cwd=cwd or REPO,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\n"
+                             f"STDERR:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def run_torchrun(args, *, nproc=2, env=None, timeout=600, check=True, extra_launcher=()) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, **TEST_ENV, **(env or {}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *extra_launcher,
+           os.path.join(REPO, "train.py"), *map(str, args)]
+    proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"torchrun exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\n"
+                             f"STDERR:\n{proc.stderr[-4000:]}")
+    return proc

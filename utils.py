@@ -1,0 +1,341 @@
+"""Small shared pieces: distributed setup and reductions, seeding and RNG state, accuracy, step logging,
+weight-decay parameter groups, and the learning-rate schedule.
+
+Distributed setup lives here and nowhere else: `init_distributed` reads torchrun's or SLURM's environment
+once and returns a `DistInfo` that the rest of the code passes around explicitly.
+"""
+
+import datetime
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Distributed
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    distributed: bool = False
+    control_group: object = None  # a gloo group for host-side flags, so they never sync the GPU
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def nnodes(self) -> int:
+        return max(1, self.world_size // max(1, self.local_world_size))
+
+
+def read_launcher_env(environ=None) -> dict | None:
+    """Rank, world size and local rank from torchrun's variables, else from SLURM's; None when neither."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return {
+            "rank": int(env["RANK"]),
+            "world_size": int(env["WORLD_SIZE"]),
+            "local_rank": int(env.get("LOCAL_RANK", 0)),
+            "local_world_size": int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])),
+        }
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        ntasks = int(env["SLURM_NTASKS"])
+        nnodes = int(env.get("SLURM_NNODES", 1))
+        return {
+            "rank": int(env["SLURM_PROCID"]),
+            "world_size": ntasks,
+            "local_rank": int(env.get("SLURM_LOCALID", 0)),
+            "local_world_size": max(1, ntasks // max(1, nnodes)),
+            "master_addr": env.get("MASTER_ADDR") or first_slurm_host(env.get("SLURM_JOB_NODELIST", "")),
+        }
+    return None
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """First host of a SLURM node list, e.g. 'gpu[03-05,07],cpu1' -> 'gpu03' (no scontrol needed)."""
+    depth, first = 0, ""
+    for ch in nodelist.strip():
+        if ch == "," and depth == 0:
+            break
+        depth += (ch == "[") - (ch == "]")
+        first += ch
+    if not first:
+        return "127.0.0.1"
+    if "[" in first:
+        prefix, ranges = first.split("[", 1)
+        return prefix + ranges.rstrip("]").split(",")[0].split("-")[0]
+    return first
+
+
+def init_distributed(dist_backend: str, dist_url: str, timeout_minutes: float, device_type: str) -> DistInfo:
+    """Start the process group when launched by torchrun or SLURM; a single process otherwise."""
+    env = read_launcher_env()
+    if env is None or env["world_size"] <= 1 and "RANK" not in os.environ:
+        return DistInfo()
+    if "master_addr" in env:  # SLURM without torchrun: env:// needs these two
+        os.environ.setdefault("MASTER_ADDR", env["master_addr"])
+        os.environ.setdefault("MASTER_PORT", "29500")
+    if device_type == "cuda":
+        torch.cuda.set_device(env["local_rank"])
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    dist.init_process_group(
+        backend=dist_backend, init_method=dist_url, world_size=env["world_size"], rank=env["rank"], timeout=timeout
+    )
+    control = dist.new_group(backend="gloo", timeout=timeout) if dist_backend != "gloo" else None
+    return DistInfo(
+        rank=env["rank"],
+        world_size=env["world_size"],
+        local_rank=env["local_rank"],
+        local_world_size=env["local_world_size"],
+        distributed=True,
+        control_group=control,
+    )
+
+
+def any_rank_true(flag: bool, info: DistInfo) -> bool:
+    """True when the flag is set on any rank: one tiny all-reduce on the host (gloo), no device sync."""
+    if not info.distributed:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=info.control_group)
+    return bool(t.item())
+
+
+def dist_sum(values, info: DistInfo, device) -> list:
+    """Sum a list of numbers over all ranks (exact: float64)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if info.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def dist_max(values, info: DistInfo, device) -> list:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if info.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+def all_gather_objects(obj, info: DistInfo) -> list:
+    if not info.distributed:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj, group=info.control_group)
+    return out
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier(group=info.control_group)
+
+
+def cleanup_distributed(info: DistInfo) -> None:
+    if info.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Seeds and RNG state
+# ----------------------------------------------------------------------------------------------------------
+def seed_everything(seed: int, rank: int) -> None:
+    """Seed python, numpy and torch; each rank gets its own stream (rank offset) for batch-level randomness
+    such as MixUp/CutMix. Per-sample augmentation is seeded by the sampler instead (see sampler.py)."""
+    s = seed + rank
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
+def get_rng_state() -> dict:
+    """This process's RNG states as plain types and tensors (loadable with weights_only=True)."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npv = state["numpy"]
+    np.random.set_state((npv[0], npv[1].numpy().astype(np.uint32), npv[2], npv[3], npv[4]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Metrics helpers
+# ----------------------------------------------------------------------------------------------------------
+def accuracy_counts(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> list[torch.Tensor]:
+    """Number of correct predictions at each k, as device tensors (no sync). Soft targets (MixUp/CutMix)
+    count their arg-max class."""
+    if target.ndim == 2:
+        target = target.argmax(dim=1)
+    maxk = min(max(topk), output.shape[1])
+    pred = output.topk(maxk, dim=1).indices
+    correct = pred.eq(target.unsqueeze(1))
+    return [correct[:, : min(k, maxk)].any(dim=1).sum() for k in topk]
+
+
+def accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> list[float]:
+    """Top-k accuracy in percent, as in the reference's `utils.accuracy`."""
+    n = max(1, target.shape[0])
+    return [c.item() * 100.0 / n for c in accuracy_counts(output, target, topk)]
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    return str(datetime.timedelta(seconds=int(max(0, seconds))))
+
+
+class StepLogger:
+    """Per-iteration console log in the reference's shape (eta, lr, img/s, loss, acc1, acc5, time, data,
+    max mem). Running sums stay on the device; they are read only every `print_freq` steps, so the hot loop
+    never waits on the GPU."""
+
+    def __init__(self, header: str, total_steps: int, print_freq: int, device, enabled: bool, stream=None):
+        self.header, self.total, self.print_freq = header, total_steps, max(1, print_freq)
+        self.device, self.enabled = device, enabled
+        self.stream = stream or sys.stdout
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct1 = torch.zeros((), dtype=torch.int64, device=device)
+        self.correct5 = torch.zeros((), dtype=torch.int64, device=device)
+        self.samples = 0
+        self.start = self.last = time.perf_counter()
+        self.data_time = 0.0
+        self.last_steps = 0
+
+    def update(self, loss: torch.Tensor, correct1: torch.Tensor, correct5: torch.Tensor, batch: int,
+               data_time: float) -> None:
+        self.loss_sum += loss.detach().double() * batch
+        self.correct1 += correct1
+        self.correct5 += correct5
+        self.samples += batch
+        self.data_time += data_time
+
+    def averages(self) -> dict:
+        n = max(1, self.samples)
+        return {
+            "loss": self.loss_sum.item() / n,
+            "acc1": self.correct1.item() * 100.0 / n,
+            "acc5": self.correct5.item() * 100.0 / n,
+        }
+
+    def maybe_print(self, step: int, lr: float, global_batch: int) -> None:
+        done = step + 1
+        if not self.enabled or (done % self.print_freq != 0 and done != self.total):
+            return
+        now = time.perf_counter()
+        avg = self.averages()
+        step_time = (now - self.last) / max(1, done - self.last_steps)
+        eta = step_time * (self.total - done)
+        mem = ""
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            mem = f"  max mem: {torch.cuda.max_memory_allocated() / 2**20:.0f}MB"
+        print(
+            f"{self.header} [{done}/{self.total}]  eta: {format_seconds(eta)}  lr: {lr:.6f}  "
+            f"img/s: {global_batch / step_time:.1f}  loss: {avg['loss']:.4f}  acc1: {avg['acc1']:.2f}  "
+            f"acc5: {avg['acc5']:.2f}  time: {step_time:.4f}  data: {self.data_time / max(1, done):.4f}{mem}",
+            file=self.stream,
+            flush=True,
+        )
+        self.last, self.last_steps = now, done
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Optimizer parameter groups and the LR schedule
+# ----------------------------------------------------------------------------------------------------------
+NORM_CLASSES = (
+    torch.nn.modules.batchnorm._BatchNorm,
+    torch.nn.LayerNorm,
+    torch.nn.GroupNorm,
+    torch.nn.modules.instancenorm._InstanceNorm,
+    torch.nn.LocalResponseNorm,
+)
+
+
+def set_weight_decay(model: torch.nn.Module, weight_decay: float, norm_weight_decay: float | None = None,
+                     custom_keys_weight_decay: list[tuple[str, float]] | None = None) -> list[dict]:
+    """Parameter groups by weight decay: normalization layers' parameters get `norm_weight_decay` when
+    given; parameters whose name ends with a custom key (e.g. 'bias') get that key's decay."""
+    custom = dict(custom_keys_weight_decay or [])
+    groups: dict[float, list] = {}
+
+    def visit(module, prefix):
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            full = f"{prefix}.{name}" if prefix else name
+            wd = weight_decay
+            matched = [k for k in custom if full.endswith(k) or name == k]
+            if matched:
+                wd = custom[matched[0]]
+            elif norm_weight_decay is not None and isinstance(module, NORM_CLASSES):
+                wd = norm_weight_decay
+            groups.setdefault(wd, []).append(p)
+        for child_name, child in module.named_children():
+            visit(child, f"{prefix}.{child_name}" if prefix else child_name)
+
+    visit(model, "")
+    return [{"params": ps, "weight_decay": wd} for wd, ps in groups.items()]
+
+
+class LRSchedule:
+    """LR factor as a function of (epoch, step): warmup per iteration (Goyal et al. 2017, "Accurate, Large
+    Minibatch SGD"), then the main schedule with its per-epoch meaning, counted from the end of warmup as in
+    torchvision's reference (SequentialLR with milestone = warmup epochs)."""
+
+    def __init__(self, *, name: str, epochs: int, iters_per_epoch: int, warmup_epochs: int = 0,
+                 warmup_method: str = "constant", warmup_decay: float = 0.01, step_size: int = 30,
+                 gamma: float = 0.1, lr_min: float = 0.0, base_lr: float = 0.1):
+        valid = ("steplr", "cosineannealinglr", "exponentiallr")
+        if name not in valid:
+            raise ValueError(f"--lr-scheduler {name!r} is not supported; choose one of {', '.join(valid)}")
+        if warmup_method not in ("linear", "constant"):
+            raise ValueError(f"--lr-warmup-method {warmup_method!r} is not supported; choose linear or constant")
+        self.name, self.epochs, self.iters = name, epochs, max(1, iters_per_epoch)
+        self.warmup_epochs, self.warmup_method, self.warmup_decay = warmup_epochs, warmup_method, warmup_decay
+        self.step_size, self.gamma, self.lr_min, self.base_lr = step_size, gamma, lr_min, base_lr
+
+    def factor(self, epoch: int, step: int) -> float:
+        if epoch < self.warmup_epochs:
+            if self.warmup_method == "constant":
+                return self.warmup_decay
+            it = epoch * self.iters + step
+            total = self.warmup_epochs * self.iters
+            return self.warmup_decay + (1.0 - self.warmup_decay) * it / total
+        e = epoch - self.warmup_epochs
+        if self.name == "steplr":
+            return self.gamma ** (e // self.step_size)
+        if self.name == "exponentiallr":
+            return self.gamma ** e
+        t_max = max(1, self.epochs - self.warmup_epochs)
+        ratio = self.lr_min / self.base_lr if self.base_lr else 0.0
+        return ratio + (1.0 - ratio) * (1 + math.cos(math.pi * e / t_max)) / 2
+
+    def apply(self, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> float:
+        """Set every group's lr for this iteration; returns the lr of the first group."""
+        f = self.factor(epoch, step)
+        for group in optimizer.param_groups:
+            group["lr"] = group.setdefault("initial_lr", self.base_lr) * f
+        return optimizer.param_groups[0]["lr"]
