@@ -1,0 +1,739 @@
+"""What is on disk: layout checks, the file list, robust image decoding, the Dataset and
+the dataset verification command.
+
+Expected layout (ImageNet style)::
+
+    <data-path>/train/<class>/<image>.JPEG
+    <data-path>/val/<class>/<image>.JPEG
+
+Every problem a user can fix is raised as :class:`DataError` with a one-line message that
+names the path at fault and says what is expected, so a failed run points straight at the
+file or folder to look at instead of ending in a deep traceback from a worker process.
+"""
+
+import io
+import json
+import operator
+import os
+import random
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.utils.data
+from PIL import Image, UnidentifiedImageError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+# Give up after this many unreadable files in a row in "skip" mode: at that point the
+# data (or the mount it lives on) is broken, and silently training on wrapped-around
+# replacements would hide it.
+MAX_BAD_IN_A_ROW = 50
+
+# Official ImageNet-1k (ILSVRC2012) split sizes, used to tell the user whether a copy is complete.
+IMAGENET_SPLIT_SIZES = {"train": 1_281_167, "val": 50_000}
+
+# How many names to quote in an error message before summarising the rest as a count.
+_NAMES_IN_MESSAGE = 5
+
+_CACHE_FORMAT = "imagenet-file-list"
+_CACHE_VERSION = 1
+
+
+class DataError(ValueError):
+    """A problem with the data on disk that the user has to fix; the message is one line."""
+
+
+class BadImageError(DataError):
+    """One image file cannot be read or decoded.
+
+    It must be constructible from a single message string: torch's DataLoader re-raises a
+    worker's exception as ``type(exc)(message)``, and only then does the main process see
+    a BadImageError rather than a generic RuntimeError. ``path`` and ``reason`` are extra
+    detail for callers in the same process (they are None after such a re-raise).
+    """
+
+    def __init__(self, message, path=None, reason=None):
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+
+def bad_image(path: str, reason: str) -> BadImageError:
+    """Build the BadImageError for ``path``; the message tells the user how to carry on."""
+    message = f"bad image {path}: {reason} (use --bad-images skip to skip such files)"
+    return BadImageError(message, path=path, reason=reason)
+
+
+# ---------------------------------------------------------------------------------------
+# Layout checks and the file list
+# ---------------------------------------------------------------------------------------
+
+
+def _is_hidden(name):
+    # .DS_Store, ._foo (macOS resource forks), .ipynb_checkpoints: never data, never classes.
+    return name.startswith(".")
+
+
+def _is_image_name(name):
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def _name_some(names, limit=_NAMES_IN_MESSAGE):
+    """'a, b, c' or 'a, b, c and 7 more': long lists stay readable in a one-line error."""
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    if len(names) > limit:
+        shown += f" and {len(names) - limit} more"
+    return shown
+
+
+def _scandir(path):
+    """List a folder, turning OS errors into a one-line DataError naming the folder."""
+    try:
+        with os.scandir(path) as entries:
+            return list(entries)
+    except OSError as err:
+        raise DataError(f"cannot read folder {path}: {err.strerror or err}") from None
+
+
+def _scan_class_dir(class_dir):
+    """Walk one class folder (nested folders too, as torchvision's ImageFolder does).
+
+    Returns (images, unknown, dirs): image names and unknown-extension names relative to
+    ``class_dir`` (sorted), and every folder visited (the file-list cache uses their mtimes
+    to notice added or removed files). One os.scandir per folder keeps this fast on
+    ImageNet's 1.3 M files, where per-file stat calls would dominate.
+    """
+    images, unknown, dirs = [], [], []
+    pending = [("", class_dir)]
+    while pending:
+        rel_dir, abs_dir = pending.pop()
+        dirs.append(abs_dir)
+        for entry in _scandir(abs_dir):
+            if _is_hidden(entry.name):
+                continue
+            rel = rel_dir + entry.name
+            if entry.is_dir():
+                pending.append((rel + "/", entry.path))
+            elif _is_image_name(entry.name):
+                images.append(rel)
+            else:
+                unknown.append(rel)
+    images.sort()
+    unknown.sort()
+    return images, unknown, dirs
+
+
+def find_classes(split_dir: str) -> list[str]:
+    """Sorted names of the class folders in ``split_dir`` (hidden folders are ignored)."""
+    if not os.path.isdir(split_dir):
+        raise DataError(f"{split_dir} is not a folder; expected {split_dir}/<class>/<image>.JPEG")
+    return sorted(e.name for e in _scandir(split_dir) if e.is_dir() and not _is_hidden(e.name))
+
+
+def _check_data_path(data_path, splits):
+    """The data path exists, is a folder and holds every requested split folder."""
+    expected = "expected a folder with " + " and ".join(f"{s}/<class>/<image>.JPEG" for s in splits)
+    if not os.path.exists(data_path):
+        raise DataError(f"data path {data_path} does not exist; {expected}")
+    if not os.path.isdir(data_path):
+        raise DataError(f"data path {data_path} is not a folder; {expected}")
+    missing = [s for s in splits if not os.path.isdir(os.path.join(data_path, s))]
+    if missing:
+        names = " and ".join(f"{s}/" for s in missing)
+        raise DataError(f"data path {data_path} has no {names} folder; {expected}")
+    return {s: os.path.join(data_path, s) for s in splits}
+
+
+def _check_has_classes(split_dir, classes):
+    """A split without class folders is unusable; say why when images lie there loose."""
+    if classes:
+        return
+    loose = sum(1 for e in _scandir(split_dir) if not e.is_dir() and _is_image_name(e.name))
+    if loose:
+        # The classic ImageNet pitfall: val/ comes as one flat folder of 50,000 JPEGs.
+        raise DataError(
+            f"{split_dir} holds {loose} images but no class folders; move each image "
+            f"into a folder named after its class ({split_dir}/<class>/<image>.JPEG)"
+        )
+    raise DataError(f"{split_dir} has no class folders; expected {split_dir}/<class>/<image>.JPEG")
+
+
+def _check_class_contents(split_dir, classes):
+    """One scan of every class folder: no empty class, no unknown-extension file."""
+    empty, unknown, n_images = [], [], 0
+    for name in classes:
+        images, odd, _ = _scan_class_dir(os.path.join(split_dir, name))
+        n_images += len(images)
+        if not images:
+            empty.append(name)
+        unknown.extend(os.path.join(split_dir, name, rel) for rel in odd)
+
+    if n_images == 0:
+        raise DataError(
+            f"{split_dir} has {len(classes)} class folder(s) but no images; expected "
+            f"{split_dir}/<class>/<image> with one of: {' '.join(IMG_EXTENSIONS)}"
+        )
+    if empty:
+        raise DataError(
+            f"{split_dir} has {len(empty)} empty class folder(s): {_name_some(empty)}; "
+            f"add images to them or remove them (every class needs images in every split)"
+        )
+    if unknown:
+        more = f" and {len(unknown) - 1} more such file(s)" if len(unknown) > 1 else ""
+        raise DataError(
+            f"{unknown[0]}{more} in {split_dir}: unknown extension; expected one of: "
+            f"{' '.join(IMG_EXTENSIONS)} (remove or convert them)"
+        )
+
+
+def _check_same_classes(split_dirs, classes_by_split):
+    """Every split must have the same class folders, otherwise label i means different
+    classes in train and val and accuracy is silently wrong."""
+    splits = list(classes_by_split)
+    first = splits[0]
+    reference = set(classes_by_split[first])
+    for other in splits[1:]:
+        current = set(classes_by_split[other])
+        if current == reference:
+            continue
+        only_first = sorted(reference - current)
+        only_other = sorted(current - reference)
+        parts = []
+        if only_first:
+            parts.append(f"{len(only_first)} only in {first}/: {_name_some(only_first)}")
+        if only_other:
+            parts.append(f"{len(only_other)} only in {other}/: {_name_some(only_other)}")
+        raise DataError(
+            f"class folders differ between {split_dirs[first]} and {split_dirs[other]} "
+            f"({'; '.join(parts)}); both splits need the same class folders"
+        )
+
+
+def check_layout(data_path: str, splits=("train", "val")) -> dict[str, str]:
+    """Check that ``data_path`` has the ImageNet folder layout; return {split: split_dir}.
+
+    Raises DataError with a one-line message naming the path at fault. One scandir pass per
+    folder, so it stays quick even on the full ImageNet train split.
+    """
+    splits = tuple(splits)
+    split_dirs = _check_data_path(data_path, splits)
+    classes_by_split = {split: find_classes(split_dirs[split]) for split in splits}
+    for split in splits:
+        _check_has_classes(split_dirs[split], classes_by_split[split])
+    # Compare class sets before looking inside the folders: a missing class explains
+    # empty or misplaced folders better than the individual symptoms would.
+    _check_same_classes(split_dirs, classes_by_split)
+    for split in splits:
+        _check_class_contents(split_dirs[split], classes_by_split[split])
+    return split_dirs
+
+
+def _scan_file_list(split_dir, classes):
+    """Scan ``split_dir``: (samples with class-relative paths, {folder: mtime_ns})."""
+    samples, dir_mtimes = [], {}
+    for label, name in enumerate(classes):
+        class_dir = os.path.join(split_dir, name)
+        if not os.path.isdir(class_dir):
+            raise DataError(f"class folder {class_dir} does not exist; the class list does not match {split_dir}")
+        images, _, dirs = _scan_class_dir(class_dir)
+        samples.extend((f"{name}/{rel}", label) for rel in images)
+        for folder in dirs:
+            dir_mtimes[os.path.relpath(folder, split_dir)] = os.stat(folder).st_mtime_ns
+    return samples, dir_mtimes
+
+
+def _cache_is_fresh(cache, split_dir, classes):
+    """The cache describes this split, these classes, and no folder changed since."""
+    if not isinstance(cache, dict):
+        return False
+    if cache.get("format") != _CACHE_FORMAT or cache.get("version") != _CACHE_VERSION:
+        return False
+    if cache.get("split_dir") != os.path.abspath(split_dir) or cache.get("classes") != list(classes):
+        return False
+    dirs = cache.get("dirs")
+    if not isinstance(dirs, dict) or not isinstance(cache.get("samples"), list):
+        return False
+    # Adding, removing or renaming a file changes its folder's mtime: a cheap staleness
+    # check (one stat per folder) instead of rescanning every file.
+    for rel, mtime in dirs.items():
+        try:
+            if os.stat(os.path.join(split_dir, rel)).st_mtime_ns != mtime:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def _read_cache(cache_file):
+    """The parsed cache, or None when it is missing or unreadable (it is then rebuilt)."""
+    try:
+        with open(cache_file, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json_atomic(path, obj):
+    """Write JSON to a temp file next to ``path`` and rename it into place, so a crash or a
+    concurrent writer (several ranks building the same cache) never leaves a torn file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def build_file_list(split_dir: str, classes: list[str], cache_file: str | None = None) -> list[tuple[str, int]]:
+    """All (path, label) pairs of ``split_dir``, ordered by label then path.
+
+    Labels are indices into ``classes``. With ``cache_file`` the list is read from that JSON
+    file when it matches (same split folder, same classes, no folder changed since), and
+    otherwise scanned and written there: listing 1.3 M files on a network filesystem can
+    take minutes, reading the cache takes seconds. JSON, never pickle, so a cache file can
+    not execute code.
+    """
+    classes = list(classes)
+    if cache_file is not None:
+        cache = _read_cache(cache_file)
+        if _cache_is_fresh(cache, split_dir, classes):
+            try:
+                return [(os.path.join(split_dir, rel), int(label)) for rel, label in cache["samples"]]
+            except (TypeError, ValueError):
+                pass  # malformed entries: rescan and overwrite below
+
+    samples, dir_mtimes = _scan_file_list(split_dir, classes)
+    if cache_file is not None:
+        cache = {
+            "format": _CACHE_FORMAT,
+            "version": _CACHE_VERSION,
+            "split_dir": os.path.abspath(split_dir),
+            "classes": classes,
+            "dirs": dir_mtimes,
+            "samples": samples,
+        }
+        try:
+            _write_json_atomic(cache_file, cache)
+        except OSError as err:
+            # The cache only saves time; a read-only location must not stop training.
+            print(f"warning: cannot write file list cache {cache_file}: {err.strerror or err}", file=sys.stderr)
+    return [(os.path.join(split_dir, rel), label) for rel, label in samples]
+
+
+# ---------------------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------------------
+
+
+def _one_line(text, limit=160):
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _header_size(data):
+    """(width, height) read from the header without PIL's pixel-limit check, or None.
+
+    Only used to report the size of an image PIL refused to open as a decompression bomb;
+    the format plugins' own header parsers read just the first bytes.
+    """
+    Image.init()
+    prefix = data[:16]
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        try:
+            if accept is not None and not accept(prefix):
+                continue
+            return factory(io.BytesIO(data), None).size
+        except Exception:  # this plugin cannot parse it; try the next one
+            continue
+    return None
+
+
+def _tile_is_16bit(image):
+    """Whether the file stores 16-bit samples (before load(), the tile's raw mode says so).
+
+    Older Pillow opens 16-bit grayscale PNG as mode "I"; a dark 16-bit image (all values
+    below 256) would otherwise be mistaken for an 8-bit one and come out far too bright.
+    """
+    for tile in getattr(image, "tile", None) or ():
+        args = tile[3] if len(tile) > 3 else None
+        rawmode = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(rawmode, str) and rawmode.startswith("I;16"):
+            return True
+    return False
+
+
+def _high_depth_to_l(image, is_16bit):
+    """16-bit / 32-bit / float grayscale -> 8-bit "L" by scaling, never by clipping.
+
+    PIL's own convert("RGB") clips such values at 255, which turns almost every 16-bit
+    image completely white.
+    """
+    arr = np.asarray(image)
+    is_float = arr.dtype.kind == "f"
+    if arr.dtype.kind in "ui":
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo >= 0 and hi <= 255 and not is_16bit and not image.mode.startswith("I;16"):
+            return Image.fromarray(arr.astype(np.uint8))
+        if lo >= 0 and hi <= 65535:
+            return Image.fromarray((arr.astype(np.uint32) >> 8).astype(np.uint8))
+    arr = arr.astype(np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = float(arr.min()), float(arr.max())
+    if is_float and lo >= 0.0 and hi <= 1.0:
+        # Float images conventionally hold 0..1 intensities.
+        scaled = arr * 255.0
+    elif hi > lo:
+        scaled = (arr - lo) * (255.0 / (hi - lo))
+    else:
+        scaled = np.zeros_like(arr)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+
+
+def _to_rgb(image, is_16bit):
+    """Any PIL mode -> RGB. Alpha is dropped the way PIL's convert drops it (not blended)."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        image = _high_depth_to_l(image, is_16bit)
+    elif mode == "La":
+        image = image.convert("LA")  # PIL has no direct La -> RGB conversion
+    return image.convert("RGB")
+
+
+def _open_loaded(data, path):
+    """Open and fully decode; the pixel limit is checked before any pixel is decoded."""
+    image = Image.open(io.BytesIO(data))
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = image.size
+    if limit is not None and width * height > limit:
+        raise bad_image(path, f"too large: {width}x{height}")
+    is_16bit = _tile_is_16bit(image)
+    image.load()
+    return _to_rgb(image, is_16bit)
+
+
+def _decode_failure_reason(err, data):
+    """Short reason for a decode exception (the path is added by bad_image)."""
+    if isinstance(err, Image.DecompressionBombError):
+        size = _header_size(data)
+        return f"too large: {size[0]}x{size[1]}" if size else f"too large: {_one_line(err)}"
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image"
+    if isinstance(err, EOFError) or "truncated" in str(err).lower():
+        return "truncated"
+    return f"cannot decode: {_one_line(err) or type(err).__name__}"
+
+
+def decode_pil(data: bytes, path: str = "<bytes>") -> Image.Image:
+    """Decode image bytes into a fully loaded RGB PIL image, or raise BadImageError.
+
+    Grayscale, CMYK, palette, alpha and 16-bit images all come back as 8-bit RGB. Images
+    over PIL's MAX_IMAGE_PIXELS are rejected before decoding (a few KB file can otherwise
+    expand to tens of GB). PIL's warnings (decompression bomb, corrupt EXIF/TIFF metadata)
+    are silenced here: on a dataset of a million web images they would flood the log while
+    saying nothing the result does not already say. The warning filter is process-wide for
+    the duration of the call, which is fine for DataLoader worker processes.
+    EXIF orientation is not applied, matching how ImageNet models are usually trained.
+    """
+    if not data:
+        raise bad_image(path, "empty file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return _open_loaded(data, path)
+        except BadImageError:
+            raise
+        except Exception as err:  # PIL raises many types (OSError, SyntaxError, struct.error, ...)
+            raise bad_image(path, _decode_failure_reason(err, data)) from None
+
+
+# ---------------------------------------------------------------------------------------
+# Dataset
+# ---------------------------------------------------------------------------------------
+
+
+def read_file(path: str) -> bytes:
+    """The file's bytes; an unreadable file is a bad image like an undecodable one."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise bad_image(path, f"cannot read: {_one_line(err.strerror or err)}") from None
+
+
+def _split_key(key):
+    """``key`` is an index or an (index, seed) pair; returns (index, seed or None)."""
+    if isinstance(key, (tuple, list)):
+        if len(key) != 2:
+            raise TypeError(f"dataset key must be an index or an (index, seed) pair, got {key!r}")
+        return operator.index(key[0]), operator.index(key[1])
+    return operator.index(key), None
+
+
+def run_seeded(fn, seed: int):
+    """Call ``fn()`` with torch, python and numpy RNGs seeded by ``seed``, then put the
+    caller's RNG states back.
+
+    Seeding per sample makes augmentation depend only on (index, seed), not on which
+    worker or process loads the sample or in which order, so runs and resumed runs are
+    reproducible; restoring the states leaves the caller's own random streams untouched.
+    Only the CPU generator is seeded: torch.manual_seed would also reseed the GPU
+    generators, which fork_rng(devices=[]) does not restore, so loading data in the main
+    process of a GPU run would keep resetting the model's GPU random stream.
+    """
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % (2**32))
+            return fn()
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """(path, label) samples -> (transform output, label, number of bad files replaced).
+
+    ``transform(data, path)`` receives the raw file bytes and decodes them itself (so it
+    can choose e.g. a reduced-size JPEG decode), raising BadImageError for bad files.
+    ``bad_images`` is "error" (raise) or "skip" (log once, use the next good sample).
+    """
+
+    def __init__(self, samples: list[tuple[str, int]], classes: list[str], transform, bad_images: str = "error"):
+        if bad_images not in ("error", "skip"):
+            raise DataError(f"--bad-images must be 'error' or 'skip', got {bad_images!r}")
+        self.samples = list(samples)
+        self.classes = list(classes)
+        self.targets = [label for _, label in self.samples]
+        self.transform = transform
+        self.bad_images = bad_images
+        # Per process (each DataLoader worker has its own copy): a bad file is reported
+        # once rather than every epoch it is drawn.
+        self._reported_bad = set()
+
+    def __len__(self):
+        return len(self.samples)
+
+    def _load(self, index, seed):
+        path, target = self.samples[index]
+        data = read_file(path)
+        if seed is None:
+            return self.transform(data, path), target
+        return run_seeded(lambda: self.transform(data, path), seed), target
+
+    def _report_skip(self, err):
+        path = err.path if err.path is not None else str(err)
+        if path in self._reported_bad:
+            return
+        self._reported_bad.add(path)
+        reason = err.reason if err.reason is not None else str(err)
+        sys.stderr.write(f"skipping bad image {path}: {reason}\n")
+        sys.stderr.flush()
+
+    def __getitem__(self, key):
+        index, seed = _split_key(key)
+        n = len(self.samples)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for a dataset of {n} samples")
+        index %= n
+        attempts = min(MAX_BAD_IN_A_ROW, n)
+        last = None
+        for step in range(attempts):
+            try:
+                output, target = self._load((index + step) % n, seed)
+                return output, target, step
+            except BadImageError as err:
+                if self.bad_images == "error":
+                    raise
+                self._report_skip(err)
+                last = err
+        detail = f"{last.path}: {last.reason}" if last.path is not None else str(last)
+        raise DataError(
+            f"{attempts} bad images in a row starting at {self.samples[index][0]} "
+            f"(last: {detail}); check the data with --verify-data"
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Verification command
+# ---------------------------------------------------------------------------------------
+
+
+def _verify_file(path):
+    """(path, reason) for an unreadable file, (path, None) for a good one. Never raises:
+    one odd file must not end a scan of a million."""
+    try:
+        decode_pil(read_file(path), path)
+        return path, None
+    except BadImageError as err:
+        return path, err.reason or str(err)
+    except Exception as err:
+        return path, f"cannot decode: {_one_line(err) or type(err).__name__}"
+
+
+def _format_duration(seconds):
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class _Progress:
+    """Count, rate and ETA on one stderr line. On a terminal it redraws in place; in a log
+    file it writes a new line only every ``log_interval`` seconds to avoid a flood."""
+
+    def __init__(self, label, total, stream, enabled=True, tty_interval=0.5, log_interval=30.0):
+        self.label, self.total, self.stream, self.enabled = label, total, stream, enabled
+        self.is_tty = enabled and hasattr(stream, "isatty") and stream.isatty()
+        self.interval = tty_interval if self.is_tty else log_interval
+        self.done = 0
+        self.start = time.monotonic()
+        self.last_draw = self.start
+
+    def _line(self, now):
+        elapsed = max(now - self.start, 1e-9)
+        rate = self.done / elapsed
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        eta = _format_duration((self.total - self.done) / rate) if rate > 0 else "?"
+        return f"verify {self.label}: {self.done:,}/{self.total:,} ({pct:.1f}%) {rate:,.0f} img/s ETA {eta}"
+
+    def update(self, count=1):
+        self.done += count
+        now = time.monotonic()
+        if self.enabled and now - self.last_draw >= self.interval:
+            self.last_draw = now
+            self.stream.write(("\r" if self.is_tty else "") + self._line(now) + ("" if self.is_tty else "\n"))
+            self.stream.flush()
+
+    def close(self):
+        if self.enabled:
+            elapsed = time.monotonic() - self.start
+            prefix = "\r" if self.is_tty else ""
+            self.stream.write(f"{prefix}{self._line(time.monotonic())} done in {_format_duration(elapsed)}\n")
+            self.stream.flush()
+
+
+def _default_workers():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _decode_all(paths, workers, progress):
+    """Run _verify_file over ``paths``; return the bad (path, reason) pairs, sorted."""
+    bad = []
+    if workers <= 1 or len(paths) <= 1:
+        results = map(_verify_file, paths)
+        for path, reason in results:
+            progress.update()
+            if reason is not None:
+                bad.append((path, reason))
+        return sorted(bad)
+    import multiprocessing
+
+    workers = min(workers, len(paths))
+    # Chunks amortise inter-process overhead; keeping ~8 chunks per worker keeps the load
+    # balanced when some files are much larger than others.
+    chunksize = max(1, min(64, len(paths) // (workers * 8)))
+    with multiprocessing.Pool(workers) as pool:
+        for path, reason in pool.imap_unordered(_verify_file, paths, chunksize=chunksize):
+            progress.update()
+            if reason is not None:
+                bad.append((path, reason))
+    return sorted(bad)
+
+
+def verify_dataset(data_path: str, workers: int | None = None, progress: bool = True) -> dict:
+    """Check the layout, then decode every train and val image in a process pool.
+
+    Returns {"data_path": ..., "splits": {split: {"images": n, "classes": k, "bad": [(path, reason), ...]}}}.
+    Raises DataError for layout problems. ``workers=0`` decodes in this process.
+    """
+    split_dirs = check_layout(data_path)
+    workers = _default_workers() if workers is None else int(workers)
+    report = {"data_path": data_path, "splits": {}}
+    for split, split_dir in split_dirs.items():
+        classes = find_classes(split_dir)
+        paths = [path for path, _ in build_file_list(split_dir, classes)]
+        bar = _Progress(split, len(paths), sys.stderr, enabled=progress)
+        bad = _decode_all(paths, workers, bar)
+        bar.close()
+        report["splits"][split] = {"images": len(paths), "classes": len(classes), "bad": bad}
+    return report
+
+
+def format_verify_report(report: dict) -> str:
+    """Human-readable summary: counts per split, class count, every unreadable file, and,
+    for 1000 classes, whether the counts match the official ImageNet-1k splits."""
+    lines = []
+    if report.get("data_path"):
+        lines.append(f"dataset {report['data_path']}")
+    n_bad = 0
+    for split, info in report["splits"].items():
+        line = f"  {split}: {info['images']:,} images in {info['classes']} classes"
+        expected = IMAGENET_SPLIT_SIZES.get(split)
+        if info["classes"] == 1000 and expected is not None:
+            if info["images"] == expected:
+                line += f" (matches ImageNet-1k {split}: {expected:,})"
+            else:
+                diff = info["images"] - expected
+                line += f" (ImageNet-1k {split} has {expected:,}: {diff:+,} images; incomplete or modified copy?)"
+        lines.append(line)
+        n_bad += len(info["bad"])
+    if n_bad:
+        lines.append(f"{n_bad} unreadable file(s):")
+        for split, info in report["splits"].items():
+            lines.extend(f"  {path}: {reason}" for path, reason in info["bad"])
+        lines.append("remove or replace them, or train with --bad-images skip")
+    else:
+        lines.append("all images decoded cleanly")
+    return "\n".join(lines)
+
+
+def run_verify(data_path: str, workers: int | None = None) -> int:
+    """The --verify-data command: print the report; exit code 0 clean, 1 unreadable files,
+    2 layout error (printed as one line)."""
+    try:
+        report = verify_dataset(data_path, workers=workers, progress=True)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_verify_report(report))
+    bad = sum(len(info["bad"]) for info in report["splits"].values())
+    return 1 if bad else 0
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Check an ImageNet-style dataset: layout and every image decodes.")
+    parser.add_argument("data_path", help="folder with train/<class>/*.JPEG and val/<class>/*.JPEG")
+    parser.add_argument("--workers", type=int, default=None, help="decode processes (default: all CPUs)")
+    args = parser.parse_args(argv)
+    return run_verify(args.data_path, workers=args.workers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

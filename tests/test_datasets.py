@@ -1,0 +1,621 @@
+"""Tests for datasets.py: layout checks, file list and cache, decoding of real (and really
+broken) image files, the Dataset's bad-image and seeding behaviour, and --verify-data."""
+
+import io
+import json
+import os
+import random
+import struct
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import datasets
+from datasets import (
+    BadImageError,
+    DataError,
+    ImageFolderDataset,
+    bad_image,
+    build_file_list,
+    check_layout,
+    decode_pil,
+    find_classes,
+    format_verify_report,
+    run_verify,
+    verify_dataset,
+)
+
+# ---------------------------------------------------------------------------------------
+# Real image files
+# ---------------------------------------------------------------------------------------
+
+
+def noise(height=24, width=32, channels=3, seed=0):
+    rng = np.random.RandomState(seed)
+    shape = (height, width, channels) if channels > 1 else (height, width)
+    return rng.randint(0, 256, shape, dtype=np.uint8)
+
+
+def encode(image, fmt, **options):
+    buf = io.BytesIO()
+    image.save(buf, fmt, **options)
+    return buf.getvalue()
+
+
+def jpeg_bytes(height=24, width=32, seed=0, **options):
+    return encode(Image.fromarray(noise(height, width, seed=seed)), "JPEG", quality=90, **options)
+
+
+def with_sof_size(jpeg, width, height):
+    """The same JPEG with the frame header claiming another size: a cheap decompression
+    bomb (PIL reads the size from the header before decoding anything)."""
+    data = bytearray(jpeg)
+    sof = data.find(b"\xff\xc0")
+    assert sof > 0, "baseline JPEG expected"
+    struct.pack_into(">HH", data, sof + 5, height, width)
+    return bytes(data)
+
+
+def corrupt_exif_block():
+    """TIFF-structured EXIF with an invalid orientation (9) and a tag whose data runs
+    past the end of the block: PIL warns about it while opening the JPEG."""
+    entries = struct.pack("<HHII", 0x0112, 3, 1, 9) + struct.pack("<HHII", 0x010F, 2, 1000, 38)
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 2) + entries + struct.pack("<I", 0) + b"abc"
+    return b"Exif\x00\x00" + tiff
+
+
+def write(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    return str(path)
+
+
+def good_file_bytes():
+    return {
+        "good.JPEG": jpeg_bytes(),
+        "gray.JPEG": encode(Image.fromarray(noise(channels=1)), "JPEG"),
+        "cmyk.JPEG": encode(Image.frombytes("CMYK", (32, 24), noise(channels=4).tobytes()), "JPEG"),
+        "palette.png": encode(Image.fromarray(noise()).convert("P"), "PNG"),
+        "palette_trns.png": encode(Image.fromarray(noise()).convert("P"), "PNG", transparency=0),
+        "rgba.png": encode(Image.fromarray(noise(channels=4), "RGBA"), "PNG"),
+        "la.png": encode(Image.fromarray(noise(channels=2), "LA"), "PNG"),
+        "exif.JPEG": jpeg_bytes(exif=corrupt_exif_block()),
+    }
+
+
+def bad_file_bytes():
+    good = jpeg_bytes(64, 64)
+    return {
+        "truncated.JPEG": (good[: len(good) * 6 // 10], "truncated"),
+        "empty.JPEG": (b"", "empty file"),
+        "text.JPEG": (b"this is a text file, not a JPEG\n", "not an image"),
+        "bomb.JPEG": (with_sof_size(good, 20000, 20000), "too large: 20000x20000"),
+        "bomb_warning.JPEG": (with_sof_size(good, 10000, 10000), "too large: 10000x10000"),
+    }
+
+
+def make_split(root, split, classes, per_class=3, seed=0):
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            write(os.path.join(root, split, name, f"img{i}.JPEG"), jpeg_bytes(16, 16, seed=seed + 100 * c + i))
+
+
+def make_imagenet(root, classes=("cat", "dog"), train=3, val=2):
+    make_split(root, "train", classes, train)
+    make_split(root, "val", classes, val, seed=7)
+    return str(root)
+
+
+def assert_one_line_error(excinfo, *fragments):
+    message = str(excinfo.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert str(fragment) in message, f"{fragment!r} not in {message!r}"
+
+
+# ---------------------------------------------------------------------------------------
+# decode_pil
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(good_file_bytes()))
+def test_decode_pil_gives_loaded_rgb_uint8(name):
+    data = good_file_bytes()[name]
+    image = decode_pil(data, name)
+    assert image.mode == "RGB"
+    assert image.size == (32, 24)
+    array = np.asarray(image)
+    assert array.dtype == np.uint8 and array.shape == (24, 32, 3)
+    # Same pixels as PIL's plain conversion: alpha is dropped, not blended with a background.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    np.testing.assert_array_equal(array, expected)
+
+
+def test_decode_pil_drops_alpha_without_blending():
+    pixels = np.zeros((4, 4, 4), dtype=np.uint8)
+    pixels[..., :3] = (200, 100, 50)  # fully transparent, colour must survive
+    image = decode_pil(encode(Image.fromarray(pixels, "RGBA"), "PNG"))
+    assert image.getpixel((0, 0)) == (200, 100, 50)
+
+
+def test_decode_pil_cmyk_colour():
+    # Cyan ink only -> no red, full green and blue.
+    image = decode_pil(encode(Image.new("CMYK", (8, 8), (255, 0, 0, 0)), "JPEG", quality=95))
+    r, g, b = image.getpixel((4, 4))
+    assert r < 30 and g > 225 and b > 225
+
+
+def test_decode_pil_16bit_png_is_scaled_not_clipped():
+    values = (np.arange(24 * 32, dtype=np.uint32).reshape(24, 32) * 85).astype(np.uint16)
+    data = encode(Image.fromarray(values), "PNG")
+    # PIL's own conversion clips everything above 255 to white: the case we guard against.
+    naive = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert (naive == 255).mean() > 0.9
+
+    image = decode_pil(data, "deep.png")
+    array = np.asarray(image)
+    assert image.mode == "RGB" and array.shape == (24, 32, 3)
+    expected = (values >> 8).astype(np.uint8)
+    assert np.abs(array[..., 0].astype(int) - expected.astype(int)).max() <= 1
+    assert array.min() == 0 and array.max() >= 250
+
+
+def test_decode_pil_dark_16bit_png_stays_dark():
+    values = np.full((8, 8), 200, dtype=np.uint16)  # 200 / 65535: almost black
+    image = decode_pil(encode(Image.fromarray(values), "PNG"))
+    assert np.asarray(image).max() <= 1
+
+
+def test_decode_pil_silences_pil_exif_warnings(recwarn):
+    data = good_file_bytes()["exif.JPEG"]
+    # The file really does make PIL warn...
+    with pytest.warns(UserWarning):
+        Image.open(io.BytesIO(data)).load()
+    recwarn.clear()
+    # ...but decoding it leaves the log clean.
+    image = decode_pil(data, "exif.JPEG")
+    assert image.size == (32, 24)
+    assert [str(w.message) for w in recwarn] == []
+
+
+@pytest.mark.parametrize("name", sorted(bad_file_bytes()))
+def test_decode_pil_bad_files_raise_bad_image_error(name, recwarn):
+    data, reason = bad_file_bytes()[name]
+    path = os.path.join("some", "dir", name)
+    with pytest.raises(BadImageError) as excinfo:
+        decode_pil(data, path)
+    assert excinfo.value.path == path
+    assert excinfo.value.reason == reason
+    assert str(excinfo.value) == f"bad image {path}: {reason} (use --bad-images skip to skip such files)"
+    assert not any(issubclass(w.category, Image.DecompressionBombWarning) for w in recwarn)
+    assert [str(w.message) for w in recwarn] == []
+
+
+def test_decode_pil_respects_max_image_pixels(monkeypatch):
+    data = jpeg_bytes(40, 40)
+    assert decode_pil(data).size == (40, 40)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(BadImageError, match=r"too large: 40x40"):
+        decode_pil(data, "x.JPEG")
+
+
+def test_decode_pil_corrupt_scan_data():
+    data = bytearray(jpeg_bytes(32, 32))
+    sos = data.find(b"\xff\xda")
+    for i in range(sos + 20, len(data) - 2, 7):
+        data[i] = 0xFF
+    with pytest.raises(BadImageError, match=r"bad image c\.JPEG: cannot decode: "):
+        decode_pil(bytes(data), "c.JPEG")
+
+
+def test_bad_image_error_rebuilds_from_message_alone():
+    err = bad_image("a/b.JPEG", "truncated")
+    rebuilt = BadImageError(str(err))
+    assert isinstance(rebuilt, DataError) and isinstance(rebuilt, ValueError)
+    assert str(rebuilt) == str(err)
+
+
+# ---------------------------------------------------------------------------------------
+# Layout
+# ---------------------------------------------------------------------------------------
+
+
+def test_check_layout_good(tmp_path):
+    root = make_imagenet(tmp_path)
+    write(os.path.join(root, "train", "cat", ".DS_Store"), b"junk")  # hidden files are ignored
+    os.makedirs(os.path.join(root, "val", ".ipynb_checkpoints"))  # hidden folders are not classes
+    result = check_layout(root)
+    assert result == {"train": os.path.join(root, "train"), "val": os.path.join(root, "val")}
+    assert find_classes(result["val"]) == ["cat", "dog"]
+
+
+def test_find_classes_sorted(tmp_path):
+    for name in ["n02", "n10", "n01", "a"]:
+        os.makedirs(tmp_path / name)
+    write(str(tmp_path / "zz.JPEG"), b"x")
+    assert find_classes(str(tmp_path)) == ["a", "n01", "n02", "n10"]
+
+
+def test_layout_missing_data_path(tmp_path):
+    missing = str(tmp_path / "nope")
+    with pytest.raises(DataError) as excinfo:
+        check_layout(missing)
+    assert_one_line_error(excinfo, missing, "does not exist", "train/")
+
+
+def test_layout_data_path_is_a_file(tmp_path):
+    path = write(str(tmp_path / "file.tar"), b"x")
+    with pytest.raises(DataError) as excinfo:
+        check_layout(path)
+    assert_one_line_error(excinfo, path, "not a folder")
+
+
+@pytest.mark.parametrize("missing", ["train", "val"])
+def test_layout_missing_split(tmp_path, missing):
+    present = "val" if missing == "train" else "train"
+    make_split(tmp_path, present, ["cat"])
+    with pytest.raises(DataError) as excinfo:
+        check_layout(str(tmp_path))
+    assert_one_line_error(excinfo, str(tmp_path), f"no {missing}/ folder")
+
+
+def test_layout_no_class_folders(tmp_path):
+    make_split(tmp_path, "train", ["cat"])
+    os.makedirs(tmp_path / "val")
+    with pytest.raises(DataError) as excinfo:
+        check_layout(str(tmp_path))
+    assert_one_line_error(excinfo, os.path.join(str(tmp_path), "val"), "no class folders")
+
+
+def test_layout_flat_val_folder(tmp_path):
+    make_split(tmp_path, "train", ["cat"])
+    for i in range(3):
+        write(str(tmp_path / "val" / f"ILSVRC2012_val_{i}.JPEG"), jpeg_bytes(8, 8))
+    with pytest.raises(DataError) as excinfo:
+        check_layout(str(tmp_path))
+    assert_one_line_error(excinfo, os.path.join(str(tmp_path), "val"), "3 images but no class folders")
+
+
+def test_layout_empty_class_folders(tmp_path):
+    root = make_imagenet(tmp_path, classes=[f"c{i}" for i in range(8)])
+    for i in range(7):
+        for name in os.listdir(os.path.join(root, "val", f"c{i}")):
+            os.remove(os.path.join(root, "val", f"c{i}", name))
+    with pytest.raises(DataError) as excinfo:
+        check_layout(root)
+    assert_one_line_error(excinfo, os.path.join(root, "val"), "7 empty class folder", "c0, c1, c2, c3, c4 and 2 more")
+    assert "c7" not in str(excinfo.value)
+
+
+def test_layout_no_images_at_all(tmp_path):
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            os.makedirs(tmp_path / split / name)
+    with pytest.raises(DataError) as excinfo:
+        check_layout(str(tmp_path))
+    assert_one_line_error(excinfo, os.path.join(str(tmp_path), "train"), "no images")
+
+
+def test_layout_class_sets_differ(tmp_path):
+    make_split(tmp_path, "train", ["a", "b", "c", "d"])
+    make_split(tmp_path, "val", ["a", "x", "y"])
+    with pytest.raises(DataError) as excinfo:
+        check_layout(str(tmp_path))
+    assert_one_line_error(excinfo, "class folders differ", "3 only in train/: b, c, d", "2 only in val/: x, y")
+
+
+def test_layout_unknown_extension(tmp_path):
+    root = make_imagenet(tmp_path)
+    first = write(os.path.join(root, "train", "cat", "notes.txt"), b"x")
+    write(os.path.join(root, "train", "dog", "z.gif"), b"x")
+    with pytest.raises(DataError) as excinfo:
+        check_layout(root)
+    assert_one_line_error(excinfo, first, "and 1 more", "unknown extension", ".jpeg")
+
+
+def test_layout_extension_case_insensitive(tmp_path):
+    root = make_imagenet(tmp_path)
+    for name in ("a.jpg", "b.JPG", "c.Png", "d.jpeg"):
+        write(os.path.join(root, "train", "cat", name), jpeg_bytes(8, 8))
+    check_layout(root)
+    files = build_file_list(os.path.join(root, "train"), ["cat", "dog"])
+    assert len(files) == 3 + 4 + 3
+
+
+# ---------------------------------------------------------------------------------------
+# File list and cache
+# ---------------------------------------------------------------------------------------
+
+
+def test_build_file_list_order_and_labels(tmp_path):
+    root = make_imagenet(tmp_path, classes=("b", "a"), train=2)
+    write(os.path.join(root, "train", "a", "nested", "deep.JPEG"), jpeg_bytes(8, 8))
+    write(os.path.join(root, "train", "a", "readme.txt"), b"not an image")
+    split = os.path.join(root, "train")
+    files = build_file_list(split, ["a", "b"])
+    assert files == [
+        (os.path.join(split, "a", "img0.JPEG"), 0),
+        (os.path.join(split, "a", "img1.JPEG"), 0),
+        (os.path.join(split, "a", "nested", "deep.JPEG"), 0),
+        (os.path.join(split, "b", "img0.JPEG"), 1),
+        (os.path.join(split, "b", "img1.JPEG"), 1),
+    ]
+    assert all(os.path.isfile(path) for path, _ in files)
+
+
+def test_build_file_list_unknown_class(tmp_path):
+    root = make_imagenet(tmp_path)
+    with pytest.raises(DataError) as excinfo:
+        build_file_list(os.path.join(root, "train"), ["cat", "zebra"])
+    assert_one_line_error(excinfo, "zebra")
+
+
+def test_file_list_cache_round_trip(tmp_path, monkeypatch):
+    root = make_imagenet(tmp_path / "data")
+    split = os.path.join(root, "train")
+    cache = str(tmp_path / "cache" / "train_files.json")
+    scanned = build_file_list(split, ["cat", "dog"], cache_file=cache)
+    with open(cache, encoding="utf-8") as f:
+        stored = json.load(f)  # plain JSON
+    assert stored["classes"] == ["cat", "dog"] and len(stored["samples"]) == 6
+    assert os.listdir(os.path.dirname(cache)) == ["train_files.json"]  # no temp files left
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("scanned although the cache matches")
+
+    with monkeypatch.context() as m:
+        m.setattr(datasets, "_scan_class_dir", no_scan)
+        assert build_file_list(split, ["cat", "dog"], cache_file=cache) == scanned
+
+    # Different classes: the cache does not apply, the file is rewritten.
+    assert build_file_list(split, ["dog"], cache_file=cache) == [(p, 0) for p, t in scanned if t == 1]
+    with open(cache, encoding="utf-8") as f:
+        assert json.load(f)["classes"] == ["dog"]
+
+
+def test_file_list_cache_notices_new_files(tmp_path):
+    root = make_imagenet(tmp_path / "data")
+    split = os.path.join(root, "train")
+    cache = str(tmp_path / "files.json")
+    before = build_file_list(split, ["cat", "dog"], cache_file=cache)
+    added = write(os.path.join(split, "dog", "new.JPEG"), jpeg_bytes(8, 8))
+    # Make the folder change visible even on filesystems with coarse timestamps.
+    stat = os.stat(os.path.dirname(added))
+    os.utime(os.path.dirname(added), ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    after = build_file_list(split, ["cat", "dog"], cache_file=cache)
+    assert len(after) == len(before) + 1 and (added, 1) in after
+
+
+def test_file_list_cache_other_split_dir_or_corrupt(tmp_path):
+    root_a = make_imagenet(tmp_path / "a")
+    root_b = make_imagenet(tmp_path / "b", train=1)
+    cache = str(tmp_path / "files.json")
+    build_file_list(os.path.join(root_a, "train"), ["cat", "dog"], cache_file=cache)
+    files_b = build_file_list(os.path.join(root_b, "train"), ["cat", "dog"], cache_file=cache)
+    assert len(files_b) == 2 and all(p.startswith(root_b) for p, _ in files_b)
+    write(cache, b'{"format": "imagenet-file-list", "samp')  # torn file
+    assert build_file_list(os.path.join(root_b, "train"), ["cat", "dog"], cache_file=cache) == files_b
+
+
+# ---------------------------------------------------------------------------------------
+# Dataset
+# ---------------------------------------------------------------------------------------
+
+
+def decode_to_tensor(data, path):
+    """Module-level transform so DataLoader workers can pickle it."""
+    return torch.from_numpy(np.asarray(decode_pil(data, path)).copy())
+
+
+def random_draws(data, path):
+    return torch.rand(4), random.random(), float(np.random.rand())
+
+
+def mixed_samples(tmp_path):
+    """Samples: good, truncated, empty, good, not-an-image, good (labels 0..5)."""
+    bad = bad_file_bytes()
+    contents = [jpeg_bytes(8, 8, seed=1), bad["truncated.JPEG"][0], b"", jpeg_bytes(8, 8, seed=2),
+                bad["text.JPEG"][0], jpeg_bytes(8, 8, seed=3)]
+    paths = [write(str(tmp_path / f"s{i}.JPEG"), data) for i, data in enumerate(contents)]
+    return [(path, label) for label, path in enumerate(paths)]
+
+
+def test_dataset_basics(tmp_path):
+    root = make_imagenet(tmp_path)
+    samples = build_file_list(os.path.join(root, "train"), ["cat", "dog"])
+    ds = ImageFolderDataset(samples, ["cat", "dog"], decode_to_tensor)
+    assert len(ds) == 6 and ds.samples == samples and ds.classes == ["cat", "dog"]
+    assert ds.targets == [0, 0, 0, 1, 1, 1]
+    output, target, n_bad = ds[4]
+    assert output.shape == (16, 16, 3) and target == 1 and n_bad == 0
+    assert ds[np.int64(4)][1] == 1 and ds[-1][1] == 1
+    with pytest.raises(IndexError):
+        ds[6]
+
+
+def test_dataset_rejects_unknown_bad_images_mode(tmp_path):
+    with pytest.raises(DataError, match="--bad-images"):
+        ImageFolderDataset([], [], decode_to_tensor, bad_images="ignore")
+
+
+def test_dataset_error_mode_raises(tmp_path):
+    samples = mixed_samples(tmp_path)
+    ds = ImageFolderDataset(samples, list("abcdef"), decode_to_tensor, bad_images="error")
+    with pytest.raises(BadImageError, match="truncated") as excinfo:
+        ds[1]
+    assert samples[1][0] in str(excinfo.value)
+
+
+def test_dataset_unreadable_file_is_bad_image(tmp_path):
+    samples = mixed_samples(tmp_path)
+    os.remove(samples[0][0])
+    ds = ImageFolderDataset(samples, list("abcdef"), decode_to_tensor)
+    with pytest.raises(BadImageError, match="cannot read") as excinfo:
+        ds[0]
+    assert samples[0][0] in str(excinfo.value)
+
+
+def test_dataset_skip_mode_replaces_counts_and_logs_once(tmp_path, capsys):
+    samples = mixed_samples(tmp_path)
+    ds = ImageFolderDataset(samples, list("abcdef"), decode_to_tensor, bad_images="skip")
+    output, target, n_bad = ds[1]  # truncated, empty -> next good is index 3
+    assert (target, n_bad) == (3, 2)
+    assert torch.equal(output, ds[3][0])
+    assert ds[4][1:] == (5, 1)
+    ds[1]
+    ds[(2, 5)]
+    err = capsys.readouterr().err
+    for index, reason in ((1, "truncated"), (2, "empty file"), (4, "not an image")):
+        line = f"skipping bad image {samples[index][0]}: {reason}"
+        assert err.count(line) == 1, err
+
+
+def test_dataset_skip_mode_wraps_around(tmp_path):
+    samples = mixed_samples(tmp_path)[:3]  # good, truncated, empty
+    ds = ImageFolderDataset(samples, list("abc"), decode_to_tensor, bad_images="skip")
+    assert ds[1][1:] == (0, 2)
+
+
+def test_dataset_skip_mode_gives_up(tmp_path, capsys):
+    path = write(str(tmp_path / "empty.JPEG"), b"")
+    ds = ImageFolderDataset([(path, 0)] * 60, ["a"], decode_to_tensor, bad_images="skip")
+    with pytest.raises(DataError, match="50 bad images in a row") as excinfo:
+        ds[0]
+    assert not isinstance(excinfo.value, BadImageError)
+    assert capsys.readouterr().err.count("skipping bad image") == 1
+
+
+def test_dataset_seeded_items_are_reproducible_and_leave_rng_alone(tmp_path):
+    samples = mixed_samples(tmp_path)
+    ds = ImageFolderDataset(samples, list("abcdef"), random_draws)
+    torch.manual_seed(123)
+    random.seed(123)
+    torch_state, py_state, np_state = torch.get_rng_state(), random.getstate(), np.random.get_state()
+
+    first = ds[(0, 42)]
+    other = ds[(3, 42)]  # same seed, other sample: same draws, order must not matter
+    ds[(5, 7)]
+    again = ds[(0, 42)]
+    different = ds[(0, 43)]
+
+    assert torch.equal(first[0][0], again[0][0]) and first[0][1:] == again[0][1:]
+    assert torch.equal(first[0][0], other[0][0])
+    assert not torch.equal(first[0][0], different[0][0])
+    assert first[0][1] != different[0][1]
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert random.getstate() == py_state
+    np.testing.assert_array_equal(np.random.get_state()[1], np_state[1])
+    # Unseeded items draw from (and advance) the caller's streams.
+    ds[0]
+    assert not torch.equal(torch.get_rng_state(), torch_state)
+
+
+def test_dataset_seeded_skip_uses_the_same_seed(tmp_path):
+    samples = mixed_samples(tmp_path)
+    ds = ImageFolderDataset(samples, list("abcdef"), random_draws, bad_images="skip")
+    # random_draws never decodes, so make a file unreadable to force a replacement.
+    os.remove(samples[0][0])
+    replaced, target, n_bad = ds[(0, 9)]
+    direct = ds[(1, 9)][0]
+    assert (target, n_bad) == (1, 1)
+    assert torch.equal(replaced[0], direct[0]) and replaced[1:] == direct[1:]
+
+
+def test_bad_image_error_survives_dataloader_workers(tmp_path):
+    samples = mixed_samples(tmp_path)
+    ds = ImageFolderDataset(samples, list("abcdef"), decode_to_tensor, bad_images="error")
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, [0, 3, 4]), batch_size=1, num_workers=2)
+    with pytest.raises(BadImageError) as excinfo:
+        list(loader)
+    assert samples[4][0] in str(excinfo.value)
+    assert "not an image" in str(excinfo.value)
+
+
+def test_skip_mode_through_dataloader_workers(tmp_path):
+    samples = mixed_samples(tmp_path)
+    ds = ImageFolderDataset(samples, list("abcdef"), decode_to_tensor, bad_images="skip")
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)
+    batches = list(loader)
+    targets = torch.cat([b[1] for b in batches]).tolist()
+    n_bad = torch.cat([b[2] for b in batches]).tolist()
+    assert targets == [0, 3, 3, 3, 5, 5]
+    assert n_bad == [0, 2, 1, 0, 1, 0]
+
+
+# ---------------------------------------------------------------------------------------
+# Verification command
+# ---------------------------------------------------------------------------------------
+
+
+def test_verify_clean_dataset(tmp_path, capsys):
+    root = make_imagenet(tmp_path)
+    report = verify_dataset(root, workers=2, progress=True)
+    assert report["splits"] == {
+        "train": {"images": 6, "classes": 2, "bad": []},
+        "val": {"images": 4, "classes": 2, "bad": []},
+    }
+    assert "verify train: 6/6" in capsys.readouterr().err
+    assert run_verify(root, workers=0) == 0
+    out = capsys.readouterr().out
+    assert "train: 6 images in 2 classes" in out and "val: 4 images in 2 classes" in out
+    assert "all images decoded cleanly" in out
+
+
+def test_verify_finds_every_bad_file(tmp_path, capsys, recwarn):
+    root = make_imagenet(tmp_path)
+    bad = {}
+    for name, (data, reason) in bad_file_bytes().items():
+        bad[write(os.path.join(root, "train", "dog", name), data)] = reason
+    for name, data in good_file_bytes().items():
+        write(os.path.join(root, "val", "cat", name), data)
+
+    report = verify_dataset(root, workers=2, progress=False)
+    assert report["splits"]["train"]["images"] == 6 + len(bad)
+    assert report["splits"]["train"]["bad"] == sorted(bad.items())
+    assert report["splits"]["val"] == {"images": 4 + len(good_file_bytes()), "classes": 2, "bad": []}
+    assert capsys.readouterr().err == ""  # progress=False: silent
+
+    assert run_verify(root, workers=2) == 1
+    out = capsys.readouterr().out
+    assert f"{len(bad)} unreadable file(s)" in out
+    for path, reason in bad.items():
+        assert f"{path}: {reason}" in out
+    assert [str(w.message) for w in recwarn] == []
+
+
+def test_verify_in_process_matches_pool(tmp_path):
+    root = make_imagenet(tmp_path)
+    write(os.path.join(root, "val", "dog", "empty.JPEG"), b"")
+    assert verify_dataset(root, workers=0, progress=False) == verify_dataset(root, workers=2, progress=False)
+
+
+def test_run_verify_layout_error(tmp_path, capsys):
+    missing = str(tmp_path / "missing")
+    assert run_verify(missing) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and missing in lines[0]
+    assert captured.out == ""
+
+
+def test_format_verify_report_compares_with_imagenet():
+    report = {
+        "data_path": "D",
+        "splits": {
+            "train": {"images": 1_281_167, "classes": 1000, "bad": []},
+            "val": {"images": 49_990, "classes": 1000, "bad": [("D/val/x/a.JPEG", "truncated")]},
+        },
+    }
+    text = format_verify_report(report)
+    assert "train: 1,281,167 images in 1000 classes (matches ImageNet-1k train: 1,281,167)" in text
+    assert "val: 49,990 images in 1000 classes (ImageNet-1k val has 50,000: -10 images" in text
+    assert "1 unreadable file(s)" in text and "D/val/x/a.JPEG: truncated" in text
+
+    small = {"splits": {"train": {"images": 10, "classes": 2, "bad": []}}}
+    assert "ImageNet" not in format_verify_report(small)
