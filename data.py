@@ -1,0 +1,273 @@
+"""The input pipeline, built by one factory: `build_data_loaders` makes the datasets, samplers, DataLoaders
+and the device-side stage for every backend, and `DeviceLoader` is what the training loop iterates.
+
+Backends (--backend):
+  pil, tensor   torchvision's reference presets: decode, augment, convert to float and normalize on the CPU
+  fast          uint8 end to end on the CPU (decode + crop-resize in one step, flip), 4x fewer bytes to copy;
+                float conversion, normalization and channels_last happen on the device
+With --decode-device cuda the workers only read file bytes and sample crop parameters; JPEGs are decoded in
+batches on the GPU (nvJPEG), cropped, resized and flipped there. The same code runs with the CPU as the device.
+"""
+
+import hashlib
+import os
+import signal
+import sys
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+import datasets
+import presets
+import sampler as samplers
+import transforms
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+BACKENDS = ("pil", "tensor", "fast")
+
+
+@dataclass
+class DataConfig:
+    data_path: str
+    backend: str = "pil"
+    decode_on_device: bool = False  # --decode-device cuda; tests run the same path with the CPU as the device
+    batch_size: int = 32
+    workers: int = 4
+    train_crop_size: int = 224
+    val_resize_size: int = 256
+    val_crop_size: int = 224
+    interpolation: str = "bilinear"
+    auto_augment: str | None = None
+    ra_magnitude: int = 9
+    augmix_severity: int = 3
+    random_erase: float = 0.0
+    use_v2: bool = False
+    ra_sampler: bool = False
+    ra_reps: int = 3
+    seed: int = 0
+    bad_images: str = "error"
+    cache_dataset: bool = False
+    prefetch_factor: int = 2
+
+
+@dataclass
+class Loaders:
+    train: DataLoader | None
+    val: DataLoader
+    train_sampler: object
+    classes: list
+    train_dataset: object
+    val_dataset: object
+
+
+class _PresetOnBytes:
+    """Adapts a reference preset (PIL image in) to the dataset's (bytes, path) transform contract."""
+
+    def __init__(self, preset):
+        self.preset = preset
+
+    def __call__(self, data: bytes, path: str):
+        return self.preset(datasets.decode_pil(data, path))
+
+
+class _WithPath:
+    """Keeps the file path next to an encoded sample so a device-side decode failure can name the file."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, data: bytes, path: str):
+        item = self.transform(data, path)
+        item["path"] = path
+        return item
+
+
+def _ignore_preemption_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM/SIGUSR1 to the main process, which saves a checkpoint before exiting."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def collate_encoded(batch):
+    items = [b[0] for b in batch]
+    targets = torch.tensor([b[1] for b in batch], dtype=torch.int64)
+    n_bad = torch.tensor([b[2] for b in batch], dtype=torch.int64)
+    return items, targets, n_bad
+
+
+def build_transforms(cfg: DataConfig, train: bool):
+    """The per-sample transform for a split, for the chosen backend (one if/elif, a ValueError otherwise)."""
+    interp = presets.InterpolationMode(cfg.interpolation)
+    if cfg.decode_on_device:
+        if train:
+            return _WithPath(transforms.EncodedTrainTransform(crop_size=cfg.train_crop_size))
+        return _WithPath(transforms.EncodedEvalTransform())
+    if cfg.backend in ("pil", "tensor"):
+        if train:
+            preset = presets.ClassificationPresetTrain(
+                crop_size=cfg.train_crop_size, interpolation=interp, auto_augment_policy=cfg.auto_augment,
+                ra_magnitude=cfg.ra_magnitude, augmix_severity=cfg.augmix_severity,
+                random_erase_prob=cfg.random_erase, backend=cfg.backend, use_v2=cfg.use_v2,
+            )
+        else:
+            preset = presets.ClassificationPresetEval(
+                crop_size=cfg.val_crop_size, resize_size=cfg.val_resize_size, interpolation=interp,
+                backend=cfg.backend, use_v2=cfg.use_v2,
+            )
+        return _PresetOnBytes(preset)
+    if cfg.backend == "fast":
+        if train:
+            return transforms.FastTrainTransform(crop_size=cfg.train_crop_size, interpolation=cfg.interpolation)
+        return transforms.FastEvalTransform(
+            crop_size=cfg.val_crop_size, resize_size=cfg.val_resize_size, interpolation=cfg.interpolation
+        )
+    raise ValueError(f"--backend {cfg.backend!r} is not supported; choose one of {', '.join(BACKENDS)}")
+
+
+def _cache_file(split_dir: str, enabled: bool) -> str | None:
+    """--cache-dataset: the file list (JSON of path/label) kept under ~/.cache, keyed by the split's path."""
+    if not enabled:
+        return None
+    key = hashlib.sha1(os.path.abspath(split_dir).encode()).hexdigest()[:16]
+    folder = os.path.join(os.path.expanduser("~"), ".cache", "resnet50-imagenet", "filelists")
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f"{key}-{os.path.basename(os.path.normpath(split_dir))}.json")
+
+
+def build_datasets(cfg: DataConfig, need_train: bool):
+    """Check the layout once (one-line DataError on anything wrong), then list the files of each split."""
+    dirs = datasets.check_layout(cfg.data_path)
+    classes = datasets.find_classes(dirs["val"])
+    out = {}
+    for split in (("train", "val") if need_train else ("val",)):
+        samples = datasets.build_file_list(dirs[split], classes, cache_file=_cache_file(dirs[split], cfg.cache_dataset))
+        out[split] = datasets.ImageFolderDataset(
+            samples, classes, build_transforms(cfg, train=split == "train"), bad_images=cfg.bad_images
+        )
+    return out, classes
+
+
+def build_data_loaders(cfg: DataConfig, *, rank: int, world_size: int, need_train: bool = True) -> Loaders:
+    """Datasets, samplers and DataLoaders for training and evaluation."""
+    if cfg.backend not in BACKENDS:
+        raise ValueError(f"--backend {cfg.backend!r} is not supported; choose one of {', '.join(BACKENDS)}")
+    splits, classes = build_datasets(cfg, need_train)
+    encoded = cfg.decode_on_device
+    common = dict(
+        num_workers=cfg.workers,
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=_ignore_preemption_signals,
+        collate_fn=collate_encoded if encoded else None,
+    )
+    if cfg.workers > 0:
+        common.update(persistent_workers=True, prefetch_factor=cfg.prefetch_factor)
+
+    train_loader = train_sampler = None
+    if need_train:
+        n = len(splits["train"])
+        if n < cfg.batch_size * world_size:
+            raise datasets.DataError(
+                f"{cfg.data_path}/train has {n} images, fewer than one global batch "
+                f"({cfg.batch_size} x {world_size} processes); lower --batch-size"
+            )
+        if cfg.ra_sampler:
+            train_sampler = samplers.RASampler(n, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.seed,
+                                               batch_size=cfg.batch_size, repetitions=cfg.ra_reps)
+        else:
+            train_sampler = samplers.DistributedTrainSampler(n, num_replicas=world_size, rank=rank, shuffle=True,
+                                                             seed=cfg.seed, drop_last=True, batch_size=cfg.batch_size)
+        # A private generator: the loader must not draw from the global RNG, whose state is checkpointed and
+        # must evolve identically in an interrupted and an uninterrupted run.
+        train_loader = DataLoader(splits["train"], batch_size=cfg.batch_size, sampler=train_sampler,
+                                  drop_last=True, generator=torch.Generator().manual_seed(cfg.seed), **common)
+    val_sampler = samplers.ExactEvalSampler(len(splits["val"]), num_replicas=world_size, rank=rank)
+    val_loader = DataLoader(splits["val"], batch_size=cfg.batch_size, sampler=val_sampler, drop_last=False,
+                            generator=torch.Generator().manual_seed(cfg.seed), **common)
+    return Loaders(train_loader, val_loader, train_sampler, classes, splits.get("train"), splits["val"])
+
+
+class DeviceLoader:
+    """Iterates a DataLoader and yields (images, targets, n_bad) ready for the model on `device`.
+
+    The next batch is copied and prepared while the current step runs: on CUDA the copy, the optional GPU
+    decode and the normalization are issued on a side stream (a prefetcher); on the CPU the same code runs
+    without streams. uint8 batches are converted and normalized here, on the device."""
+
+    def __init__(self, loader: DataLoader, device: torch.device, *, channels_last: bool, bad_images: str,
+                 decoder: "transforms.DeviceDecoder | None" = None, dtype=torch.float32):
+        self.loader, self.device, self.channels_last = loader, device, channels_last
+        self.bad_images, self.decoder, self.dtype = bad_images, decoder, dtype
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._reported: set[str] = set()
+
+    def __len__(self):
+        return len(self.loader)
+
+    def _prepare(self, batch):
+        images, targets, n_bad = batch
+        if self.decoder is not None:
+            paths = [it.get("path", "?") for it in images]
+            images, bad = self.decoder(images)
+            if bad:
+                images, targets, replaced = self._apply_bad_policy(images, targets, bad, paths)
+                n_bad = n_bad.clone()
+                n_bad[0] += replaced
+        else:
+            images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        if images.dtype == torch.uint8:
+            images = transforms.normalize_batch(images, MEAN, STD, dtype=torch.float32,
+                                                channels_last=self.channels_last)
+        elif self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, targets, n_bad
+
+    def _apply_bad_policy(self, images, targets, bad, paths):
+        """A file the device decoder could not decode: stop naming it (error), or replace it by a good sample
+        of the same batch and count it (skip)."""
+        if self.bad_images == "error":
+            raise datasets.bad_image(paths[bad[0]], "cannot be decoded")
+        good = [i for i in range(images.shape[0]) if i not in set(bad)]
+        if not good:
+            raise datasets.DataError(f"every image of a batch failed to decode, e.g. {paths[bad[0]]}")
+        for k, i in enumerate(bad):
+            if paths[i] not in self._reported:  # each bad path once, as the CPU-side dataset does
+                self._reported.add(paths[i])
+                print(f"skipping bad image {paths[i]}: cannot be decoded", file=sys.stderr, flush=True)
+            src = good[k % len(good)]
+            images[i] = images[src]
+            targets[i] = targets[src]
+        return images, targets, len(bad)
+
+    def __iter__(self):
+        it = iter(self.loader)
+        if self.stream is None:
+            for batch in it:
+                yield self._prepare(batch)
+            return
+        nxt = None
+        for batch in it:
+            with torch.cuda.stream(self.stream):
+                prepared = self._prepare(batch)
+            if nxt is not None:
+                yield nxt
+            torch.cuda.current_stream(self.device).wait_stream(self.stream)
+            for t in prepared[:2]:
+                t.record_stream(torch.cuda.current_stream(self.device))
+            nxt = prepared
+        if nxt is not None:
+            yield nxt
+
+
+def make_device_loader(loader: DataLoader, cfg: DataConfig, device: torch.device, *, train: bool,
+                       channels_last: bool) -> DeviceLoader:
+    decoder = None
+    if cfg.decode_on_device:
+        decoder = transforms.DeviceDecoder(
+            crop_size=cfg.train_crop_size if train else cfg.val_crop_size, device=device,
+            resize_size=None if train else cfg.val_resize_size, interpolation=cfg.interpolation,
+        )
+    return DeviceLoader(loader, device, channels_last=channels_last, bad_images=cfg.bad_images, decoder=decoder)

@@ -1,0 +1,75 @@
+"""The input pipeline factory: every backend yields normalized batches on the device; the device-decode path
+(nvJPEG on CUDA) run with the CPU as the device gives the same batch as the CPU-side uint8 path."""
+
+import os
+
+import pytest
+import torch
+
+import data
+import datasets
+from conftest import make_imagefolder
+
+
+def first_batch(cfg, channels_last=False):
+    loaders = data.build_data_loaders(cfg, rank=0, world_size=1)
+    loaders.train_sampler.set_epoch(0)
+    dl = data.make_device_loader(loaders.train, cfg, torch.device("cpu"), train=True, channels_last=channels_last)
+    return next(iter(dl)), loaders
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return make_imagefolder(tmp_path / "data", classes=2, train_per_class=4, val_per_class=2, size=48)
+
+
+def cfg_for(folder, **kw):
+    base = dict(data_path=folder, batch_size=4, workers=0, train_crop_size=32, val_resize_size=36, val_crop_size=32,
+                seed=5)
+    base.update(kw)
+    return data.DataConfig(**base)
+
+
+@pytest.mark.parametrize("backend", ["pil", "tensor", "fast"])
+def test_every_backend_gives_normalized_float_batches(folder, backend):
+    (images, targets, n_bad), _ = first_batch(cfg_for(folder, backend=backend), channels_last=True)
+    assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert targets.dtype == torch.int64 and n_bad.sum() == 0
+    assert -3.0 < images.mean().item() < 3.0 and images.std().item() > 0.05
+
+
+def test_device_decode_on_cpu_matches_cpu_side_fast_path(folder):
+    (fast, t_fast, _), _ = first_batch(cfg_for(folder, backend="fast"))
+    (dev, t_dev, _), _ = first_batch(cfg_for(folder, backend="fast", decode_on_device=True))
+    assert torch.equal(t_fast, t_dev)
+    # Same crop parameters (same per-sample seeds); the decoders differ only in rounding.
+    diff = (fast - dev).abs() * torch.tensor(data.STD).view(1, 3, 1, 1) * 255
+    assert diff.mean().item() < 2.0, diff.mean().item()
+
+
+def test_device_decode_skip_replaces_a_corrupt_jpeg_and_counts_it(tmp_path):
+    folder = make_imagefolder(tmp_path / "data", classes=2, train_per_class=2, val_per_class=1, size=40)
+    bad = os.path.join(folder, "train", "class00", "img000.JPEG")
+    with open(bad, "rb") as f:
+        good_bytes = f.read()
+    with open(bad, "wb") as f:  # a JPEG header with garbage after it: only a real decode finds out
+        f.write(good_bytes[:200] + b"\x00" * 50)
+    cfg = cfg_for(folder, backend="fast", decode_on_device=True, bad_images="skip")
+    (images, targets, n_bad), _ = first_batch(cfg)
+    assert images.shape[0] == 4 and int(n_bad.sum()) == 1
+    cfg = cfg_for(folder, backend="fast", decode_on_device=True, bad_images="error")
+    with pytest.raises(datasets.BadImageError, match="img000.JPEG"):
+        first_batch(cfg)
+
+
+def test_val_loader_covers_each_image_once(folder):
+    loaders = data.build_data_loaders(cfg_for(folder, backend="fast"), rank=0, world_size=1)
+    dl = data.make_device_loader(loaders.val, cfg_for(folder), torch.device("cpu"), train=False,
+                                 channels_last=False)
+    assert sum(b[0].shape[0] for b in dl) == 4
+
+
+def test_too_small_dataset_for_one_global_batch_is_a_clear_error(folder):
+    with pytest.raises(datasets.DataError, match="fewer than one global batch"):
+        data.build_data_loaders(cfg_for(folder, batch_size=8), rank=0, world_size=2)

@@ -1,0 +1,202 @@
+"""Training that survives kills, preemption and dead ranks, and resumes bit-exactly.
+
+Every interruption below is a real signal sent to a real process; the final weights are compared bit for bit
+with an uninterrupted run of the same seed (CPU, --use-deterministic-algorithms)."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import FAST_ARGS, REPO, TEST_ENV, free_port, make_imagefolder, run_torchrun, run_train
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def det_data(tmp_path_factory):
+    return make_imagefolder(tmp_path_factory.mktemp("det") / "data", classes=3, train_per_class=8, val_per_class=2)
+
+
+def det_args(data, out, *extra):
+    return ["--data-path", data, "--output-dir", out, "--epochs", EPOCHS, "--seed", "11",
+            "--use-deterministic-algorithms", *FAST_ARGS, *extra]
+
+
+def weights(out):
+    return torch.load(os.path.join(out, "checkpoint.pth"), weights_only=True)["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    differing = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differing, f"{len(differing)} tensors differ, e.g. {differing[:3]}"
+
+
+@pytest.fixture(scope="module")
+def straight(det_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight") / "out"
+    run_train(det_args(det_data, out))
+    return weights(out)
+
+
+@pytest.fixture(scope="module")
+def straight_ddp(det_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight_ddp") / "out"
+    run_torchrun(det_args(det_data, out))
+    return weights(out)
+
+
+def start(cmd, env=None):
+    return subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, **TEST_ENV, **(env or {})), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_for(proc, needle, timeout=240) -> str:
+    """Read the process's output until a line contains `needle`; returns everything read."""
+    seen, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        seen.append(line)
+        if needle in line:
+            return "".join(seen)
+    raise AssertionError(f"never saw {needle!r}; output:\n{''.join(seen)[-3000:]}")
+
+
+def train_cmd(args):
+    return [sys.executable, os.path.join(REPO, "train.py"), *map(str, args)]
+
+
+def torchrun_cmd(args, nproc=2, extra=()):
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
+            "127.0.0.1", "--master-port", str(free_port()), *extra, os.path.join(REPO, "train.py"), *map(str, args)]
+
+
+def test_resume_after_an_epoch_is_bitwise_identical(det_data, straight, tmp_path):
+    out = tmp_path / "out"
+    run_train(det_args(det_data, out, "--epochs", "1"))
+    proc = run_train(det_args(det_data, out, "--resume", "auto"))
+    assert "resumed from" in proc.stdout
+    assert_same_weights(weights(out), straight)
+
+
+def test_sigterm_mid_epoch_saves_exits_75_and_resume_is_bitwise_identical(det_data, straight, tmp_path):
+    out = tmp_path / "out"
+    proc = start(train_cmd(det_args(det_data, out)))
+    wait_for(proc, "Epoch: [1] [3/")
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, rest
+    assert "preempted by signal" in rest and "checkpoint saved at epoch 1 step" in rest
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert ckpt["epoch"] == 0 and ckpt["step_in_epoch"] >= 3
+    resumed = run_train(det_args(det_data, out, "--resume", "auto"))
+    assert f"epoch 1, step {ckpt['step_in_epoch']}" in resumed.stdout
+    assert_same_weights(weights(out), straight)
+
+
+def test_sigkill_at_random_points_never_corrupts_and_ends_identical(det_data, straight, tmp_path):
+    """SIGKILL with a checkpoint written every step, so kills land during writes too."""
+    out = tmp_path / "out"
+    rng = random.Random(0)
+    args = det_args(det_data, out, "--resume", "auto", "--checkpoint-interval", "1")
+    for _ in range(3):
+        proc = start(train_cmd(args))
+        wait_for(proc, "training resnet18")
+        time.sleep(rng.uniform(1.0, 4.0))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        leftovers = [p for p in os.listdir(out) if p.endswith(".pth")]
+        for name in leftovers:  # every visible checkpoint loads
+            torch.load(out / name, weights_only=True)
+    run_train(args)
+    assert_same_weights(weights(out), straight)
+
+
+def test_torchrun_sigterm_saves_and_resume_matches_uninterrupted(det_data, straight_ddp, tmp_path):
+    out = tmp_path / "out"
+    proc = start(torchrun_cmd(det_args(det_data, out)))
+    wait_for(proc, "Epoch: [1] [2/")
+    proc.send_signal(signal.SIGTERM)  # to torchrun, which forwards it to its workers
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "preempted by signal" in rest, rest[-3000:]
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert ckpt["world_size"] == 2 and len(ckpt["rng_states"]) == 2
+    run_torchrun(det_args(det_data, out, "--resume", "auto"))
+    assert_same_weights(weights(out), straight_ddp)
+
+
+def test_killed_worker_is_restarted_by_torchrun_and_job_finishes(det_data, straight_ddp, tmp_path):
+    out = tmp_path / "out"
+    proc = start(torchrun_cmd(det_args(det_data, out, "--resume", "auto", "--checkpoint-interval", "2"),
+                              extra=["--max-restarts", "1"]))
+    wait_for(proc, "Epoch: [1] [4/")
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2, workers
+    os.kill(int(workers[1]), signal.SIGKILL)
+    rest, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, rest[-3000:]
+    assert "resumed from" in rest
+    assert_same_weights(weights(out), straight_ddp)
+
+
+def test_stopped_peer_ends_the_job_with_an_error_instead_of_a_hang(det_data, tmp_path):
+    out = tmp_path / "out"
+    proc = start(torchrun_cmd(det_args(det_data, out, "--dist-timeout", "0.25", "--epochs", "50")))
+    wait_for(proc, "Epoch: [0] [2/")
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(int(workers[1]), signal.SIGSTOP)
+    started = time.time()
+    try:
+        rest, _ = proc.communicate(timeout=180)
+    finally:
+        for w in workers:
+            try:
+                os.kill(int(w), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert proc.returncode != 0
+    assert time.time() - started < 180
+
+
+def test_nonfinite_loss_stops_naming_epoch_and_step_and_keeps_good_checkpoint(det_data, tmp_path):
+    out = tmp_path / "out"
+    run_train(det_args(det_data, out, "--epochs", "1"))
+    good = weights(out)
+    proc = run_train(det_args(det_data, out, "--resume", "auto", "--lr", "1e30"), check=False)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "NaN or Inf at epoch 1, step" in proc.stderr
+    assert_same_weights(weights(out), good)
+
+
+def test_exact_evaluation_at_world_size_1_2_3(tmp_path):
+    data = make_imagefolder(tmp_path / "data", classes=3, train_per_class=4, val_per_class=0)
+    make_imagefolder(tmp_path / "valsrc", classes=3, train_per_class=0, val_per_class=3)
+    # a 7-image validation set: 3 + 3 + 1
+    for c in range(3):
+        src, dst = tmp_path / "valsrc" / "val" / f"class{c:02d}", tmp_path / "data" / "val" / f"class{c:02d}"
+        for i, f in enumerate(sorted(src.iterdir())):
+            if c < 2 or i == 0:
+                os.rename(f, dst / f.name)
+    out = tmp_path / "out"
+    run_train(["--data-path", data, "--output-dir", out, "--epochs", "1", "--seed", "0", *FAST_ARGS])
+    results = []
+    for nproc in (1, 2, 3):
+        proc = run_torchrun(["--data-path", data, "--resume", out / "checkpoint.pth", "--test-only", *FAST_ARGS],
+                            nproc=nproc)
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("Test: Acc@1")][-1]
+        results.append(line)
+    assert all("(7 images)" in r for r in results), results
+    assert len(set(results)) == 1, results

@@ -1,0 +1,901 @@
+"""Train ResNet50 (or any torchvision classification model) on ImageNet, one process or many.
+
+Single process:
+    python train.py --data-path /data/imagenet --device cpu --epochs 2
+One node, 8 GPUs (what scripts/amp_8cards.sh runs):
+    torchrun --nproc-per-node 8 train.py --data-path /data/imagenet -b 480 --amp --channels-last --lr 1.5 ...
+Two nodes: the same on each node with --nnodes 2 --node-rank 0|1 --master-addr HOST (scripts/*_16cards.sh).
+
+Options follow torchvision's references/classification/train.py (same names, defaults and meaning); the
+additions are listed in the README. The story of a run: `main` validates the arguments, starts the process
+group, builds data, model, optimizer and schedule, restores a checkpoint when asked, then alternates
+`train_one_epoch` and `evaluate`, saving a checkpoint after each epoch.
+
+Exit codes: 0 done; 2 bad input or configuration (one line says what); 3 the loss became NaN/Inf;
+75 stopped by SIGTERM/SIGUSR1 after saving a checkpoint (resume with --resume auto).
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torchvision
+
+import checkpoint as ckpt_io
+import data
+import datasets
+import metrics
+import transforms
+import utils
+
+EXIT_BAD_INPUT = 2
+EXIT_NONFINITE = 3
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later" - the job can be requeued and resumed
+MAX_CONSECUTIVE_SKIPPED_STEPS = 50  # float16 AMP: a few skipped steps are normal, a long run of them is not
+
+
+class ConfigError(ValueError):
+    """A bad option or combination of options; the message is one line naming the option."""
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def get_args_parser(add_help=True):
+    parser = argparse.ArgumentParser(description="ResNet50 ImageNet training", add_help=add_help)
+    g = parser.add_argument_group("data")
+    g.add_argument("--data-path", default=None, type=str, help="ImageNet folder with train/<class>/ and val/<class>/")
+    g.add_argument("-j", "--workers", default=None, type=int, metavar="N",
+                   help="data loading workers per process (default: CPU cores / processes on this node, at most 16)")
+    g.add_argument("--cache-dataset", action="store_true", help="cache the file lists (JSON) to start faster")
+    g.add_argument("--backend", default="pil", type=str.lower, help="pil or tensor (torchvision's presets), or fast (uint8 pipeline)")
+    g.add_argument("--use-v2", action="store_true", help="use torchvision.transforms.v2 in the pil/tensor presets")
+    g.add_argument("--decode-device", default="cpu", choices=["cpu", "cuda"],
+                   help="cuda: workers only read bytes; JPEGs are decoded on the GPU in batches (nvJPEG)")
+    g.add_argument("--bad-images", default="error", choices=["error", "skip"],
+                   help="an unreadable image stops the run (error) or is replaced by another and counted (skip)")
+    g.add_argument("--verify-data", action="store_true", help="scan train/ and val/ for unreadable images and exit")
+    g.add_argument("--interpolation", default="bilinear", type=str, help="the interpolation method")
+    g.add_argument("--val-resize-size", default=256, type=int, help="the resize size used for validation")
+    g.add_argument("--val-crop-size", default=224, type=int, help="the central crop size used for validation")
+    g.add_argument("--train-crop-size", default=224, type=int, help="the random crop size used for training")
+    g.add_argument("--auto-augment", default=None, type=str, help="auto augment policy (ra, ta_wide, augmix, imagenet, ...)")
+    g.add_argument("--ra-magnitude", default=9, type=int, help="magnitude of auto augment policy")
+    g.add_argument("--augmix-severity", default=3, type=int, help="severity of augmix policy")
+    g.add_argument("--random-erase", default=0.0, type=float, help="random erasing probability")
+    g.add_argument("--ra-sampler", action="store_true", help="use repeated augmentation in training")
+    g.add_argument("--ra-reps", default=3, type=int, help="number of repetitions for the repeated augmentation sampler")
+    g.add_argument("--mixup-alpha", default=0.0, type=float, help="mixup alpha")
+    g.add_argument("--cutmix-alpha", default=0.0, type=float, help="cutmix alpha")
+
+    g = parser.add_argument_group("model and optimization")
+    g.add_argument("--model", default="resnet50", type=str, help="torchvision model name")
+    g.add_argument("--weights", default=None, type=str, help="the weights enum name to load")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=str,
+                   help="cuda or cpu (default: cuda when available)")
+    g.add_argument("-b", "--batch-size", default=32, type=int, help="images per process (global batch = b x processes)")
+    g.add_argument("--epochs", default=90, type=int, metavar="N", help="number of total epochs to run")
+    g.add_argument("--opt", default="sgd", type=str.lower, help="sgd, sgd_nesterov, rmsprop or adamw")
+    g.add_argument("--lr", default=0.1, type=float, help="initial learning rate")
+    g.add_argument("--momentum", default=0.9, type=float, metavar="M", help="momentum")
+    g.add_argument("--wd", "--weight-decay", default=1e-4, type=float, metavar="W", dest="weight_decay",
+                   help="weight decay")
+    g.add_argument("--norm-weight-decay", default=None, type=float, help="weight decay for normalization layers")
+    g.add_argument("--bias-weight-decay", default=None, type=float, help="weight decay for bias parameters")
+    g.add_argument("--transformer-embedding-decay", default=None, type=float,
+                   help="weight decay for embedding parameters of vision transformer models")
+    g.add_argument("--label-smoothing", default=0.0, type=float, help="label smoothing")
+    g.add_argument("--lr-scheduler", default="steplr", type=str.lower, help="steplr, cosineannealinglr or exponentiallr")
+    g.add_argument("--lr-warmup-epochs", default=0, type=int, help="epochs of warmup (applied per iteration)")
+    g.add_argument("--lr-warmup-method", default="constant", type=str.lower, help="linear or constant")
+    g.add_argument("--lr-warmup-decay", default=0.01, type=float, help="the decay for lr in warmup")
+    g.add_argument("--lr-step-size", default=30, type=int, help="decrease lr every step-size epochs")
+    g.add_argument("--lr-gamma", default=0.1, type=float, help="decrease lr by a factor of lr-gamma")
+    g.add_argument("--lr-min", default=0.0, type=float, help="minimum lr of the cosine schedule")
+    g.add_argument("--clip-grad-norm", default=None, type=float, help="the maximum gradient norm")
+    g.add_argument("--sync-bn", action="store_true", help="use synchronized BatchNorm across processes")
+    g.add_argument("--amp", action="store_true", help="automatic mixed precision (bfloat16 autocast on CPU)")
+    g.add_argument("--amp-dtype", default=None, choices=["float16", "bfloat16"],
+                   help="autocast dtype (default float16 on CUDA, with GradScaler; bfloat16 on CPU)")
+    g.add_argument("--channels-last", action="store_true", help="NHWC memory format for the model and the input")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--compile-mode", default="default", help="torch.compile mode (default, reduce-overhead, max-autotune)")
+    g.add_argument("--model-ema", action="store_true", help="track an exponential moving average of the weights")
+    g.add_argument("--model-ema-steps", default=32, type=int, help="iterations between EMA updates")
+    g.add_argument("--model-ema-decay", default=0.99998, type=float, help="EMA decay factor")
+    g.add_argument("--use-deterministic-algorithms", action="store_true", help="forces deterministic algorithms")
+    g.add_argument("--seed", default=None, type=int, help="seed for python, numpy, torch and the sampler (random if unset)")
+
+    g = parser.add_argument_group("run, checkpoints and distributed")
+    g.add_argument("--print-freq", default=10, type=int, help="print frequency (iterations)")
+    g.add_argument("--output-dir", default=".", type=str, help="path to save outputs")
+    g.add_argument("--resume", default="", type=str, help="checkpoint path, or 'auto' for the newest good one in --output-dir")
+    g.add_argument("--start-epoch", default=0, type=int, metavar="N", help="start epoch")
+    g.add_argument("--test-only", action="store_true", help="only evaluate the model (with --resume or --weights)")
+    g.add_argument("--keep-checkpoints", default=None, type=int, metavar="N", help="keep the newest N model_{epoch}.pth (default: all)")
+    g.add_argument("--checkpoint-interval", default=0, type=int, metavar="STEPS", help="also save every STEPS iterations")
+    g.add_argument("--eval-interval", default=1, type=int, metavar="N", help="evaluate every N epochs (always after the last)")
+    g.add_argument("--target-acc", default=None, type=float, help="stop at the first evaluation with Acc@1 >= this (e.g. 75.9)")
+    g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to OUTPUT/tensorboard")
+    g.add_argument("--max-steps-per-epoch", default=None, type=int, help="cut every epoch after N steps (smoke tests)")
+    g.add_argument("--world-size", default=1, type=int, help="number of distributed processes (set by torchrun)")
+    g.add_argument("--dist-url", default="env://", type=str, help="url used to set up distributed training")
+    g.add_argument("--dist-backend", default=None, type=str, help="nccl (default on CUDA) or gloo (default on CPU)")
+    g.add_argument("--dist-timeout", default=30.0, type=float, metavar="MINUTES", help="a collective waiting longer fails")
+
+    g = parser.add_argument_group("benchmark")
+    g.add_argument("--benchmark", default=None, choices=["model", "data", "full"],
+                   help="model: synthetic batches on the device; data: the input pipeline only; full: real training")
+    g.add_argument("--benchmark-steps", default=50, type=int, help="timed steps")
+    g.add_argument("--benchmark-warmup", default=10, type=int, help="untimed steps before timing")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Validation: every problem found before any process group or worker starts
+# ------------------------------------------------------------------------------------------------------------
+def validate_args(args) -> None:
+    if args.benchmark != "model" and args.data_path is None:
+        raise ConfigError("--data-path is required (a folder with train/<class>/ and val/<class>/)")
+    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
+        raise ConfigError(f"--device {args.device!r} is not supported; use cuda or cpu")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    if args.decode_device == "cuda" and not args.device.startswith("cuda"):
+        raise ConfigError("--decode-device cuda needs --device cuda")
+    if args.backend not in data.BACKENDS:
+        raise ConfigError(f"--backend {args.backend!r} is not supported; choose one of {', '.join(data.BACKENDS)}")
+    if args.opt not in ("sgd", "sgd_nesterov", "rmsprop", "adamw"):
+        raise ConfigError(f"--opt {args.opt!r} is not supported; choose sgd, sgd_nesterov, rmsprop or adamw")
+    if args.lr_scheduler not in ("steplr", "cosineannealinglr", "exponentiallr"):
+        raise ConfigError(f"--lr-scheduler {args.lr_scheduler!r} is not supported; choose steplr, cosineannealinglr or exponentiallr")
+    if args.lr_warmup_method not in ("linear", "constant"):
+        raise ConfigError(f"--lr-warmup-method {args.lr_warmup_method!r} is not supported; choose linear or constant")
+    if args.amp and args.amp_dtype == "float16" and not args.device.startswith("cuda"):
+        raise ConfigError("--amp-dtype float16 needs CUDA; on CPU --amp uses bfloat16")
+    for name in ("batch_size", "epochs", "print_freq", "eval_interval", "benchmark_steps"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError(f"--workers must be >= 0 (got {args.workers})")
+    if args.keep_checkpoints is not None and args.keep_checkpoints < 1:
+        raise ConfigError("--keep-checkpoints must be at least 1")
+    if args.test_only and not (args.resume or args.weights):
+        raise ConfigError("--test-only needs a model: pass --resume PATH (or --weights)")
+    if args.resume and args.resume != "auto" and not os.path.isfile(args.resume):
+        raise ConfigError(f"--resume {args.resume}: no such file (use --resume auto to pick the newest in --output-dir)")
+    if args.resume == "auto" and not args.output_dir:
+        raise ConfigError("--resume auto looks in --output-dir; set --output-dir")
+
+
+def default_workers(local_world_size: int) -> int:
+    """CPU cores this process may use, shared by the processes of this node, at most 16 per process."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(16, cores // max(1, local_world_size)))
+
+
+def resolve_precision(args, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether a GradScaler is needed)."""
+    if not args.amp:
+        return None, False
+    if device.type == "cpu":
+        return torch.bfloat16, False
+    dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
+    return dtype, dtype == torch.float16
+
+
+def precision_name(amp_dtype) -> str:
+    return {None: "fp32", torch.float16: "amp_fp16", torch.bfloat16: "amp_bf16"}[amp_dtype]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Builders
+# ------------------------------------------------------------------------------------------------------------
+def build_model(name: str, weights: str | None, num_classes: int, *, sync_bn: bool, channels_last: bool,
+                device: torch.device) -> nn.Module:
+    try:
+        model = torchvision.models.get_model(name, weights=weights, num_classes=num_classes)
+    except ValueError as e:
+        raise ConfigError(f"--model {name} / --weights {weights}: {e}") from e
+    if sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def build_optimizer(model: nn.Module, *, opt: str, lr: float, momentum: float, weight_decay: float,
+                    norm_weight_decay, bias_weight_decay, transformer_embedding_decay, device: torch.device):
+    custom_keys = []
+    if bias_weight_decay is not None:
+        custom_keys.append(("bias", bias_weight_decay))
+    if transformer_embedding_decay is not None:
+        for key in ("class_token", "position_embedding", "relative_position_bias_table"):
+            custom_keys.append((key, transformer_embedding_decay))
+    params = utils.set_weight_decay(model, weight_decay, norm_weight_decay, custom_keys or None)
+    # Fused kernels on CUDA update all parameters in a few launches instead of one per tensor.
+    fast = {"fused": True} if device.type == "cuda" else {}
+    if opt.startswith("sgd"):
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                               nesterov="nesterov" in opt, **fast)
+    if opt == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay, eps=0.0316, alpha=0.9,
+                                   **({"foreach": True} if fast else {}))
+    if opt == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **fast)
+    raise ConfigError(f"--opt {opt!r} is not supported; choose sgd, sgd_nesterov, rmsprop or adamw")
+
+
+def build_lr_schedule(args, iters_per_epoch: int) -> utils.LRSchedule:
+    return utils.LRSchedule(
+        name=args.lr_scheduler, epochs=args.epochs, iters_per_epoch=iters_per_epoch,
+        warmup_epochs=args.lr_warmup_epochs, warmup_method=args.lr_warmup_method,
+        warmup_decay=args.lr_warmup_decay, step_size=args.lr_step_size, gamma=args.lr_gamma,
+        lr_min=args.lr_min, base_lr=args.lr,
+    )
+
+
+def build_ema(model: nn.Module, *, world_size: int, batch_size: int, ema_steps: int, ema_decay: float,
+              epochs: int, device: torch.device):
+    """EMA of the weights (and buffers). The decay is adjusted for the number of images between updates, as
+    in torchvision's reference recipe: alpha = 1 - decay scaled by world_size x batch x steps / epochs."""
+    adjust = world_size * batch_size * ema_steps / epochs
+    alpha = min(1.0, (1.0 - ema_decay) * adjust)
+    decay = 1.0 - alpha
+    return torch.optim.swa_utils.AveragedModel(
+        model, device=device, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True
+    )
+
+
+def data_config(args, seed: int, workers: int) -> data.DataConfig:
+    return data.DataConfig(
+        data_path=args.data_path, backend=args.backend, decode_on_device=args.decode_device == "cuda",
+        batch_size=args.batch_size, workers=workers, train_crop_size=args.train_crop_size,
+        val_resize_size=args.val_resize_size, val_crop_size=args.val_crop_size, interpolation=args.interpolation,
+        auto_augment=args.auto_augment, ra_magnitude=args.ra_magnitude, augmix_severity=args.augmix_severity,
+        random_erase=args.random_erase, use_v2=args.use_v2, ra_sampler=args.ra_sampler, ra_reps=args.ra_reps,
+        seed=seed, bad_images=args.bad_images, cache_dataset=args.cache_dataset,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Preemption
+# ------------------------------------------------------------------------------------------------------------
+class PreemptionFlag:
+    """SIGTERM / SIGUSR1 (what SLURM and Kubernetes send before a kill) only set a flag; the training loop
+    checks it at step boundaries, all ranks agree, save a checkpoint and exit with EXIT_PREEMPTED."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def install(self):
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame):
+        self.signum = signum
+
+    @property
+    def set(self) -> bool:
+        return self.signum is not None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------------------
+def main(args) -> int:
+    validate_args(args)
+    if args.verify_data:
+        return datasets.run_verify(args.data_path, args.workers)
+
+    device = torch.device(args.device)
+    dist_info = utils.init_distributed(args.dist_backend or ("nccl" if device.type == "cuda" else "gloo"),
+                                       args.dist_url, args.dist_timeout, device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+    log = print if dist_info.is_main else (lambda *a, **k: None)
+    try:
+        if args.benchmark:
+            return run_benchmark(args, device, dist_info, log)
+        return run_training(args, device, dist_info, log)
+    finally:
+        utils.cleanup_distributed(dist_info)
+
+
+def run_training(args, device: torch.device, dist_info: utils.DistInfo, log) -> int:
+    run_start = time.time()
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+    args.seed = seed  # recorded in the checkpoint's args so a resume continues the same streams
+    setup_determinism(args.use_deterministic_algorithms, device)
+    utils.seed_everything(seed, dist_info.rank)
+
+    workers = args.workers if args.workers is not None else default_workers(dist_info.local_world_size)
+    cfg = data_config(args, seed, workers)
+    loaders = data.build_data_loaders(cfg, rank=dist_info.rank, world_size=dist_info.world_size,
+                                      need_train=not args.test_only)
+    num_classes = len(loaders.classes)
+    model = build_model(args.model, args.weights, num_classes, sync_bn=args.sync_bn and dist_info.distributed,
+                        channels_last=args.channels_last, device=device)
+    model_without_ddp = model
+    amp_dtype, use_scaler = resolve_precision(args, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    optimizer = build_optimizer(model, opt=args.opt, lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay, norm_weight_decay=args.norm_weight_decay,
+                                bias_weight_decay=args.bias_weight_decay,
+                                transformer_embedding_decay=args.transformer_embedding_decay, device=device)
+    steps_per_epoch = len(loaders.train) if loaders.train is not None else 0
+    if args.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
+    schedule = build_lr_schedule(args, steps_per_epoch)
+    model_ema = None
+    if args.model_ema:
+        model_ema = build_ema(model_without_ddp, world_size=dist_info.world_size, batch_size=args.batch_size,
+                              ema_steps=args.model_ema_steps, ema_decay=args.model_ema_decay, epochs=args.epochs,
+                              device=device)
+
+    if dist_info.is_main and args.output_dir:
+        ckpt_io.check_output_dir(args.output_dir, ckpt_io.estimate_checkpoint_bytes(model, 1, model_ema is not None))
+        save_args(args, args.output_dir)
+
+    resume = restore(args, model_without_ddp, optimizer, scaler, model_ema, dist_info, log)
+    start_epoch, start_step = resume["epoch"], resume["step"]
+
+    if dist_info.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: no copy in and out
+        )
+    train_model = torch.compile(model, mode=args.compile_mode) if args.compile else model
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    autocast = autocast_factory(device, amp_dtype)
+    val_loader = data.make_device_loader(loaders.val, cfg, device, train=False, channels_last=args.channels_last)
+
+    if args.test_only:
+        stats = evaluate(model_without_ddp, criterion, val_loader, device, autocast=autocast, dist_info=dist_info,
+                         log=log, print_freq=args.print_freq)
+        log(f"Test: Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} ({stats['count']} images)")
+        return 0
+
+    global_batch = args.batch_size * dist_info.world_size
+    mixup = transforms.get_mixup_cutmix(mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha,
+                                             num_classes=num_classes, use_v2=args.use_v2)
+    train_loader = data.make_device_loader(loaders.train, cfg, device, train=True, channels_last=args.channels_last)
+    sink = metrics.MetricsSink(args.output_dir or None, is_main=dist_info.is_main, tensorboard=args.tensorboard)
+    sink.start(resume_epoch=start_epoch if resume["resumed"] else None)
+    power = metrics.PowerMonitor(device.index if device.type == "cuda" else None)
+    power.start()
+    preempt = PreemptionFlag().install()
+    run = RunState(best_acc1=resume["best_acc1"], wall_offset=resume["wall_time_s"], run_start=run_start,
+                   global_step=resume["global_step"], time_to_target_s=resume.get("time_to_target_s"),
+                   epochs_to_target=resume.get("epochs_to_target"))
+    status = "finished"
+    log(f"training {args.model}: {dist_info.world_size} process(es) x batch {args.batch_size} = global batch "
+        f"{global_batch}, {steps_per_epoch} steps/epoch, epochs {start_epoch}..{args.epochs - 1}, seed {seed}")
+
+    def save(epoch_done: int, step_in_epoch: int, epoch_end: bool, is_best: bool):
+        state = checkpoint_state(args, model_without_ddp, optimizer, scaler, model_ema, loaders.train_sampler,
+                                 epoch_done=epoch_done, step_in_epoch=step_in_epoch, run=run,
+                                 dist_info=dist_info, global_batch=global_batch)
+        if dist_info.is_main and args.output_dir:
+            ckpt_io.save_checkpoint(state, args.output_dir, epoch_end=epoch_end, epoch=epoch_done,
+                                    is_best=is_best, keep=args.keep_checkpoints)
+        utils.barrier(dist_info)
+
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            epoch_start = time.perf_counter()
+            loaders.train_sampler.set_epoch(epoch)
+            first_step = start_step if epoch == start_epoch else 0
+            loaders.train_sampler.set_start_batch(first_step)
+            train_stats = train_one_epoch(
+                train_model, criterion, optimizer, train_loader, device, epoch,
+                schedule=schedule, scaler=scaler, autocast=autocast, mixup=mixup, model_ema=model_ema,
+                ema_steps=args.model_ema_steps, warmup_epochs=args.lr_warmup_epochs,
+                clip_grad_norm=args.clip_grad_norm, print_freq=args.print_freq, start_step=first_step,
+                num_steps=steps_per_epoch, global_batch=global_batch, dist_info=dist_info, log=log,
+                preempt=preempt, checkpoint_interval=args.checkpoint_interval,
+                save_mid_epoch=lambda step: save(epoch - 1, step, epoch_end=False, is_best=False), run=run,
+            )
+            if train_stats["stopped"]:
+                save(epoch - 1, train_stats["steps_done"], epoch_end=False, is_best=False)
+                status = "preempted"
+                log(f"preempted by signal {preempt.signum}: checkpoint saved at epoch {epoch} step "
+                    f"{train_stats['steps_done']}; exiting with code {EXIT_PREEMPTED} (resume with --resume auto)")
+                return EXIT_PREEMPTED
+            last = epoch == args.epochs - 1
+            val_stats = ema_stats = None
+            if (epoch + 1) % args.eval_interval == 0 or last:
+                val_stats = evaluate(model_without_ddp, criterion, val_loader, device, autocast=autocast,
+                                     dist_info=dist_info, log=log, print_freq=args.print_freq)
+                log(f"Test: Acc@1 {val_stats['acc1']:.3f} Acc@5 {val_stats['acc5']:.3f}")
+                if model_ema is not None:
+                    ema_stats = evaluate(model_ema.module, criterion, val_loader, device, autocast=autocast,
+                                         dist_info=dist_info, log=log, print_freq=args.print_freq, header="Test: EMA")
+                    log(f"Test: EMA Acc@1 {ema_stats['acc1']:.3f} Acc@5 {ema_stats['acc5']:.3f}")
+            is_best = val_stats is not None and val_stats["acc1"] > run.best_acc1
+            if is_best:
+                run.best_acc1 = val_stats["acc1"]
+            reached = (args.target_acc is not None and val_stats is not None and val_stats["acc1"] >= args.target_acc)
+            if reached and run.time_to_target_s is None:
+                run.time_to_target_s, run.epochs_to_target = run.wall_time(), epoch + 1
+            epoch_time = time.perf_counter() - epoch_start
+            run.epoch_times.append(epoch_time)
+            record = epoch_record(epoch, train_stats, val_stats, ema_stats, epoch_time, device, run,
+                                  remaining_epochs=0 if reached else args.epochs - epoch - 1)
+            save(epoch, 0, epoch_end=True, is_best=is_best)
+            log(sink.log_epoch(record))
+            if dist_info.is_main:
+                sink.write_summary(build_summary(args, sink_records(args), run, dist_info, device, amp_dtype,
+                                                 global_batch, power, status="running"))
+            if reached:
+                status = "target_reached"
+                log(f"target Acc@1 {args.target_acc} reached at epoch {epoch} after {run.time_to_target_s:.1f}s")
+                break
+    finally:
+        if dist_info.is_main:
+            sink.write_summary(build_summary(args, sink_records(args), run, dist_info, device, amp_dtype,
+                                             global_batch, power, status=status))
+        sink.close()
+    check_weights_in_sync(model_without_ddp, dist_info, log)
+    log(f"Training time {utils.format_seconds(run.wall_time())}")
+    return 0
+
+
+def check_weights_in_sync(model: nn.Module, dist_info: utils.DistInfo, log) -> None:
+    """DDP keeps replicas identical; a checksum per rank proves it at the end of the run (cheap, once)."""
+    if not dist_info.distributed:
+        return
+    with torch.no_grad():
+        checksum = float(sum(p.double().sum().item() for p in model.state_dict().values() if p.is_floating_point()))
+    sums = utils.all_gather_objects(checksum, dist_info)
+    if len(set(sums)) == 1:
+        log(f"weights identical on all {dist_info.world_size} ranks (checksum {checksum:.6f})")
+    else:
+        log(f"warning: weights differ between ranks: {sums}")
+
+
+class RunState:
+    """What the run has measured so far, carried across resumes through the checkpoint."""
+
+    def __init__(self, *, best_acc1: float, wall_offset: float, run_start: float, global_step: int,
+                 time_to_target_s=None, epochs_to_target=None):
+        self.best_acc1, self.wall_offset, self.run_start = best_acc1, wall_offset, run_start
+        self.global_step = global_step
+        self.time_to_target_s, self.epochs_to_target = time_to_target_s, epochs_to_target
+        self.epoch_times: list[float] = []
+        self.nonfinite_at = None
+
+    def wall_time(self) -> float:
+        return self.wall_offset + time.time() - self.run_start
+
+
+def setup_determinism(deterministic: bool, device: torch.device) -> None:
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+
+
+def autocast_factory(device: torch.device, amp_dtype):
+    def autocast():
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+    return autocast
+
+
+def save_args(args, output_dir: str) -> None:
+    with open(os.path.join(output_dir, "args.json"), "w") as f:
+        json.dump(vars(args), f, indent=2, sort_keys=True)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# One epoch of training
+# ------------------------------------------------------------------------------------------------------------
+def train_one_epoch(model, criterion, optimizer, data_loader, device, epoch, *, schedule, scaler, autocast,
+                    mixup, model_ema, ema_steps, warmup_epochs, clip_grad_norm, print_freq, start_step, num_steps,
+                    global_batch, dist_info, log, preempt, checkpoint_interval, save_mid_epoch, run) -> dict:
+    """Train from `start_step` to `num_steps`. Returns the epoch's measurements. Losses and accuracies add up
+    on the device and are read every `print_freq` steps only, so the loop does not wait on the GPU."""
+    model.train()
+    logger = utils.StepLogger(f"Epoch: [{epoch}]", num_steps, print_freq, device, dist_info.is_main)
+    warmup_steps = min(10, max(0, (num_steps - start_step) // 5))
+    timed_start = None
+    data_wait = 0.0
+    images_seen = bad_total = 0
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    skipped_run = torch.zeros((), dtype=torch.int64, device=device)
+    skipped_total = torch.zeros((), dtype=torch.int64, device=device)
+    step = start_step
+    epoch_start = time.perf_counter()
+    n_bad_dev = torch.zeros((), dtype=torch.int64)
+    stopped = False
+    it = iter(data_loader)
+    t_wait = time.perf_counter()
+    while step < num_steps:
+        if utils.any_rank_true(preempt.set, dist_info):
+            stopped = True
+            break
+        try:
+            images, target, n_bad = next(it)
+        except StopIteration:
+            break
+        now = time.perf_counter()
+        data_time = now - t_wait
+        if step - start_step == warmup_steps:
+            sync(device)
+            timed_start, data_wait, images_seen = time.perf_counter(), 0.0, 0
+        data_wait += data_time
+        n_bad_dev += n_bad.sum()
+        lr = schedule.apply(optimizer, epoch, step)
+        if mixup is not None:
+            images, target = mixup(images, target)
+        with autocast():
+            output = model(images)
+            loss = criterion(output, target)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler.is_enabled():
+            scale_before = scaler._scale.clone() if scaler._scale is not None else None
+            scaler.scale(loss).backward()
+            if clip_grad_norm is not None:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            if scale_before is not None:
+                skipped = (scaler._scale < scale_before).to(torch.int64)
+                skipped_total += skipped
+                skipped_run = (skipped_run + skipped) * skipped
+        else:
+            loss.backward()
+            if clip_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+            optimizer.step()
+            nonfinite |= ~torch.isfinite(loss.detach())
+        if model_ema is not None and step % ema_steps == 0:
+            model_ema.update_parameters(model)
+            if epoch < warmup_epochs:
+                model_ema.n_averaged.fill_(0)  # the reference resets the EMA during warmup
+        c1, c5 = utils.accuracy_counts(output.detach(), target, topk=(1, 5))
+        batch = images.shape[0]
+        logger.update(loss, c1, c5, batch, data_time)
+        images_seen += batch
+        step += 1
+        run.global_step += 1
+        if step % print_freq == 0 or step == num_steps:
+            check_training_health(nonfinite, skipped_run, epoch, step)
+        logger.maybe_print(step - 1, lr, global_batch)
+        if checkpoint_interval and step % checkpoint_interval == 0 and step < num_steps:
+            check_training_health(nonfinite, skipped_run, epoch, step)
+            save_mid_epoch(step)
+        t_wait = time.perf_counter()
+    check_training_health(nonfinite, skipped_run, epoch, step)
+    sync(device)
+    end = time.perf_counter()
+    if timed_start is None:  # too few steps to leave any out: time them all
+        timed_start, timed_images = epoch_start, images_seen
+    else:
+        timed_images = images_seen
+    elapsed = max(1e-9, end - timed_start)
+    # Loss and accuracy over all ranks' samples; throughput = all ranks' images over the slowest rank's time.
+    sums = utils.dist_sum([timed_images, float(n_bad_dev), logger.loss_sum.item(), logger.correct1.item(),
+                           logger.correct5.item(), logger.samples], dist_info, "cpu")
+    slowest = utils.dist_max([elapsed], dist_info, "cpu")[0]
+    n = sums[5]
+    avg = ({"loss": sums[2] / n, "acc1": sums[3] * 100.0 / n, "acc5": sums[4] * 100.0 / n} if n
+           else {"loss": float("nan"), "acc1": float("nan"), "acc5": float("nan")})
+    if scaler.is_enabled() and skipped_total.item():
+        log(f"Epoch {epoch}: {skipped_total.item()} float16 steps skipped by the gradient scaler (inf/NaN gradients)")
+    return {
+        "stopped": stopped, "steps_done": step, "loss": avg["loss"], "acc1": avg["acc1"], "acc5": avg["acc5"],
+        "lr": optimizer.param_groups[0]["lr"], "imgs_per_sec": sums[0] / slowest,
+        "data_wait_frac": min(1.0, data_wait / elapsed), "bad_images": int(sums[1]),
+    }
+
+
+def check_training_health(nonfinite: torch.Tensor, skipped_run: torch.Tensor, epoch: int, step: int) -> None:
+    """Reads two device flags (a sync), so it runs every print_freq steps and before every checkpoint."""
+    if bool(nonfinite):
+        raise NonFiniteLossError(f"the loss became NaN or Inf at epoch {epoch}, step <= {step}; the last "
+                                 f"checkpoint is kept (try a lower --lr, --clip-grad-norm, or --amp-dtype bfloat16)")
+    if int(skipped_run) > MAX_CONSECUTIVE_SKIPPED_STEPS:
+        raise NonFiniteLossError(f"{int(skipped_run)} float16 steps in a row had inf/NaN gradients at epoch {epoch}, "
+                                 f"step {step}; the last checkpoint is kept (try --amp-dtype bfloat16 or a lower --lr)")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Evaluation: every validation image exactly once, at any world size
+# ------------------------------------------------------------------------------------------------------------
+def evaluate(model, criterion, data_loader, device, *, autocast, dist_info, log, print_freq, header="Test:") -> dict:
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct1 = torch.zeros((), dtype=torch.int64, device=device)
+    correct5 = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
+    with torch.inference_mode():
+        for images, target, _ in data_loader:
+            with autocast():
+                output = model(images)
+                loss = criterion(output, target)
+            c1, c5 = utils.accuracy_counts(output, target, topk=(1, 5))
+            loss_sum += loss.double() * images.shape[0]
+            correct1 += c1
+            correct5 += c5
+            count += images.shape[0]
+    total_loss, total1, total5, total = utils.dist_sum(
+        [loss_sum.item(), correct1.item(), correct5.item(), count], dist_info, "cpu")
+    total = int(total)
+    n = max(1, total)
+    return {"loss": total_loss / n, "acc1": total1 * 100.0 / n, "acc5": total5 * 100.0 / n, "count": total}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Checkpoint content and resume
+# ------------------------------------------------------------------------------------------------------------
+def checkpoint_state(args, model, optimizer, scaler, model_ema, train_sampler, *, epoch_done: int,
+                     step_in_epoch: int, run: RunState, dist_info, global_batch: int) -> dict:
+    """Everything needed to continue as if nothing happened. `epoch` keeps the reference's meaning (the last
+    completed epoch); `step_in_epoch` > 0 marks a mid-epoch checkpoint of epoch + 1."""
+    rng_states = utils.all_gather_objects(utils.get_rng_state(), dist_info)
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "lr_scheduler": {"epoch": epoch_done + (0 if step_in_epoch else 1), "step": step_in_epoch},
+        "epoch": epoch_done,
+        "step_in_epoch": step_in_epoch,
+        "global_step": run.global_step,
+        "args": {k: v for k, v in vars(args).items()},
+        "rng_states": rng_states,
+        "sampler": train_sampler.state_dict() if train_sampler is not None else {},
+        "world_size": dist_info.world_size,
+        "global_batch": global_batch,
+        "best_acc1": run.best_acc1,
+        "wall_time_s": run.wall_time(),
+        "time_to_target_s": run.time_to_target_s,
+        "epochs_to_target": run.epochs_to_target,
+    }
+    if scaler.is_enabled():
+        state["scaler"] = scaler.state_dict()
+    if model_ema is not None:
+        state["model_ema"] = model_ema.state_dict()
+    return state
+
+
+def restore(args, model, optimizer, scaler, model_ema, dist_info, log) -> dict:
+    """Load --resume PATH or the newest good checkpoint (--resume auto) into the objects; returns where to
+    continue. A fresh start returns epoch --start-epoch, step 0."""
+    fresh = {"resumed": False, "epoch": args.start_epoch, "step": 0, "best_acc1": -1.0, "wall_time_s": 0.0,
+             "global_step": 0}
+    if not args.resume:
+        return fresh
+    if args.resume == "auto":
+        found = ckpt_io.find_resume_checkpoint(args.output_dir, log=log) if os.path.isdir(args.output_dir) else None
+        if found is None:
+            log(f"resume auto: no checkpoint in {args.output_dir}; starting fresh")
+            return fresh
+        path, ckpt = found
+    else:
+        path, ckpt = args.resume, ckpt_io.load_checkpoint(args.resume)
+    model.load_state_dict(ckpt["model"])
+    if args.test_only:
+        log(f"loaded {path} (epoch {ckpt.get('epoch')})")
+        return fresh
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if "scaler" in ckpt and scaler.is_enabled():
+        scaler.load_state_dict(ckpt["scaler"])
+    if model_ema is not None and "model_ema" in ckpt:
+        model_ema.load_state_dict(ckpt["model_ema"])
+    epoch = int(ckpt["epoch"]) + 1
+    step = int(ckpt.get("step_in_epoch", 0))
+    saved_world = int(ckpt.get("world_size", dist_info.world_size))
+    global_batch = args.batch_size * dist_info.world_size
+    saved_batch = int(ckpt.get("global_batch", global_batch))
+    rng = ckpt.get("rng_states")
+    if saved_world != dist_info.world_size or saved_batch != global_batch:
+        log(f"warning: resuming with world size {dist_info.world_size} and global batch {global_batch} "
+            f"(checkpoint: {saved_world}, {saved_batch}); the LR schedule follows --lr {args.lr} per iteration "
+            f"of the new batch, so scale --lr with the global batch (linear rule) if you changed it; the data "
+            f"order and augmentation will differ from an uninterrupted run")
+        if step:
+            # Mid-epoch positions are in units of the old batch; restart the epoch's data at the same images.
+            step = (step * saved_batch) // global_batch
+    elif rng is not None and dist_info.rank < len(rng):
+        utils.set_rng_state(rng[dist_info.rank])
+    log(f"resumed from {path}: epoch {epoch}, step {step} (global step {ckpt.get('global_step', 0)})")
+    return {"resumed": True, "epoch": epoch, "step": step, "best_acc1": float(ckpt.get("best_acc1", -1.0)),
+            "wall_time_s": float(ckpt.get("wall_time_s", 0.0)), "global_step": int(ckpt.get("global_step", 0)),
+            "time_to_target_s": ckpt.get("time_to_target_s"), "epochs_to_target": ckpt.get("epochs_to_target")}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Metrics records
+# ------------------------------------------------------------------------------------------------------------
+def epoch_record(epoch, train_stats, val_stats, ema_stats, epoch_time, device, run, remaining_epochs) -> dict:
+    mean_epoch = sum(run.epoch_times) / len(run.epoch_times)
+    return {
+        "epoch": epoch,
+        "lr": train_stats["lr"],
+        "train_loss": train_stats["loss"],
+        "train_acc1": train_stats["acc1"],
+        "val_acc1": val_stats["acc1"] if val_stats else None,
+        "val_acc5": val_stats["acc5"] if val_stats else None,
+        "ema_acc1": ema_stats["acc1"] if ema_stats else None,
+        "imgs_per_sec": train_stats["imgs_per_sec"],
+        "data_wait_frac": train_stats["data_wait_frac"],
+        "epoch_time_s": epoch_time,
+        "peak_mem_gb": metrics.peak_device_memory_gb(device),
+        "peak_host_rss_gb": metrics.peak_host_rss_gb(),
+        "bad_images": train_stats["bad_images"],
+        "eta_s": mean_epoch * remaining_epochs,
+        "global_step": run.global_step,
+    }
+
+
+def sink_records(args) -> list[dict]:
+    path = os.path.join(args.output_dir, "metrics.jsonl") if args.output_dir else None
+    return metrics.read_jsonl(path) if path and os.path.isfile(path) else []
+
+
+def build_summary(args, records, run: RunState, dist_info, device, amp_dtype, global_batch, power, status) -> dict:
+    mean_power, power_note = power.stop() if status != "running" else (None, "measured at the end of the run")
+    run_info = {
+        "status": status, "model": args.model, "epochs_planned": args.epochs, "wall_time_s": run.wall_time(),
+        "target_acc": args.target_acc, "time_to_target_s": run.time_to_target_s,
+        "epochs_to_target": run.epochs_to_target, "world_size": dist_info.world_size, "nnodes": dist_info.nnodes,
+        "batch_size_per_process": args.batch_size, "global_batch": global_batch,
+        "precision": precision_name(amp_dtype),
+        "memory_format": "channels_last" if args.channels_last else "contiguous",
+        "mean_power_w_per_card": mean_power, "power_note": power_note,
+        "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+    }
+    env = metrics.environment_info(device)
+    run_info.update(device=device.type, device_names=env["device_names"],
+                    versions={k: env[k] for k in ("python", "torch", "torchvision", "cuda", "cudnn")})
+    return metrics.summarize_run(records, run_info)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Benchmark modes: is the loader or the GPU the bottleneck?
+# ------------------------------------------------------------------------------------------------------------
+def run_benchmark(args, device, dist_info, log) -> int:
+    seed = args.seed if args.seed is not None else 0
+    setup_determinism(args.use_deterministic_algorithms, device)
+    utils.seed_everything(seed, dist_info.rank)
+    amp_dtype, use_scaler = resolve_precision(args, device)
+    autocast = autocast_factory(device, amp_dtype)
+    workers = args.workers if args.workers is not None else default_workers(dist_info.local_world_size)
+    num_classes = 1000
+    batches = None
+    if args.benchmark in ("data", "full"):
+        cfg = data_config(args, seed, workers)
+        loaders = data.build_data_loaders(cfg, rank=dist_info.rank, world_size=dist_info.world_size)
+        num_classes = len(loaders.classes)
+        train_loader = data.make_device_loader(loaders.train, cfg, device, train=True,
+                                               channels_last=args.channels_last)
+        batches = endless(train_loader, loaders.train_sampler)
+    step_fn = None
+    if args.benchmark in ("model", "full"):
+        model = build_model(args.model, None, num_classes, sync_bn=False, channels_last=args.channels_last,
+                            device=device)
+        optimizer = build_optimizer(model, opt=args.opt, lr=args.lr, momentum=args.momentum,
+                                    weight_decay=args.weight_decay, norm_weight_decay=None, bias_weight_decay=None,
+                                    transformer_embedding_decay=None, device=device)
+        if dist_info.distributed:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
+        if args.compile:
+            model = torch.compile(model, mode=args.compile_mode)
+        scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        criterion = nn.CrossEntropyLoss()
+        model.train()
+
+        def step_fn(images, target):
+            with autocast():
+                loss = criterion(model(images), target)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+
+    if batches is None:
+        batches = synthetic_batches(args.batch_size, args.train_crop_size, num_classes, device, args.channels_last)
+    total = args.benchmark_warmup + args.benchmark_steps
+    images_timed = 0
+    start = None
+    for i in range(total):
+        if i == args.benchmark_warmup:
+            sync(device)
+            utils.barrier(dist_info)
+            start = time.perf_counter()
+        images, target, _ = next(batches)
+        if step_fn is not None:
+            step_fn(images, target)
+        if i >= args.benchmark_warmup:
+            images_timed += images.shape[0]
+    sync(device)
+    elapsed = time.perf_counter() - start
+    total_images = utils.dist_sum([images_timed], dist_info, "cpu")[0]
+    slowest = utils.dist_max([elapsed], dist_info, "cpu")[0]
+    result = {
+        "benchmark": args.benchmark, "imgs_per_sec": total_images / slowest, "steps": args.benchmark_steps,
+        "warmup_steps": args.benchmark_warmup, "batch_size": args.batch_size, "world_size": dist_info.world_size,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "model": args.model, "precision": precision_name(amp_dtype),
+        "memory_format": "channels_last" if args.channels_last else "contiguous", "compile": args.compile,
+        "backend": args.backend if args.benchmark != "model" else None,
+        "decode_device": args.decode_device if args.benchmark != "model" else None,
+        "crop_size": args.train_crop_size, "workers": workers if args.benchmark != "model" else None,
+        "seconds": slowest,
+    }
+    if dist_info.is_main:
+        if args.output_dir:
+            os.makedirs(args.output_dir, exist_ok=True)
+            with open(os.path.join(args.output_dir, f"benchmark_{args.benchmark}.json"), "w") as f:
+                json.dump(result, f, indent=2)
+        print(json.dumps(result), flush=True)
+    return 0
+
+
+def synthetic_batches(batch_size, crop, num_classes, device, channels_last):
+    """One batch already on the device, served again and again: no input cost at all."""
+    images = torch.randn(batch_size, 3, crop, crop, device=device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    target = torch.randint(0, num_classes, (batch_size,), device=device)
+    n_bad = torch.zeros(batch_size, dtype=torch.int64)
+    while True:
+        yield images, target, n_bad
+
+
+def endless(device_loader, train_sampler):
+    epoch = 0
+    while True:
+        train_sampler.set_epoch(epoch)
+        yield from device_loader
+        epoch += 1
+
+
+# ------------------------------------------------------------------------------------------------------------
+def cli(argv=None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        return main(args)
+    except (ConfigError, datasets.DataError, ckpt_io.CheckpointError) as e:
+        print(f"error: {last_line(e)}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return EXIT_NONFINITE
+
+
+def last_line(e: Exception) -> str:
+    """DataLoader workers re-raise with the whole worker traceback in the message; the cause is its last line."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    text = lines[-1] if lines else type(e).__name__
+    for prefix in ("datasets.BadImageError: ", "BadImageError: ", "datasets.DataError: ", "DataError: "):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
