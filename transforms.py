@@ -1,0 +1,684 @@
+"""Fast input transforms: uint8 end to end on the CPU, float conversion on the device.
+
+The torchvision reference pipeline (PIL decode, RandomResizedCrop, flip, PILToTensor,
+ConvertImageDtype, Normalize) spends most of a worker's time on work that does not need
+to happen there: it materialises a float32 copy of every image (4x the bytes of uint8) and
+normalises it one image at a time, and PIL's resampler is slower than torch's uint8 one.
+Here the workers only decode, crop, resize and flip, all in uint8; the batch is converted
+and normalised with one multiply-add per element on the device (``normalize_batch``).
+
+Honesty rules that keep the speed-up comparable with the reference:
+
+* crop parameters come from :func:`sample_crop_params`, which draws from torch's global RNG
+  exactly like ``torchvision.transforms.RandomResizedCrop.get_params`` (same seed, same crop);
+* resizing is antialiased bilinear (or bicubic), as PIL does it;
+* the only place we decode less than the whole image is libjpeg's DCT-domain downscaling
+  (1/2, 1/4, 1/8), and only when the decoded crop keeps 1.5x the output resolution, so
+  the final antialiased resample still does the low-pass filtering.
+
+The ``--decode-device cuda`` path splits the same work differently: workers only read
+bytes and sample parameters (:class:`EncodedTrainTransform`), and :class:`DeviceDecoder`
+decodes a whole batch with ``torchvision.io.decode_jpeg`` on the device (nvJPEG on CUDA).
+"""
+
+import functools
+import io
+import math
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+# libjpeg can scale by 1/8, 1/4 and 1/2 while decoding (it drops high DCT coefficients),
+# which is much cheaper than decoding in full and resizing.
+_DCT_SCALES = (8, 4, 2)
+# Decode at reduced scale only when at least this many times the output size remains, so
+# the final antialiased resample still does most of the low-pass filtering. At 1.0 the
+# output is close to libjpeg's block averaging (a box filter) and measurably further from
+# the reference pipeline (99th percentile 11 levels instead of 3 on a test image); this is
+# the same idea as PIL's reducing_gap.
+DCT_REDUCING_GAP = 1.5
+
+# Start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) share the
+# range but are not frames.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Markers that stand alone, without a length field: TEM, RST0-7, SOI.
+_STANDALONE_MARKERS = frozenset([0x01, 0xD8, *range(0xD0, 0xD8)])
+
+
+# ---------------------------------------------------------------------------------------
+# Argument checks
+# ---------------------------------------------------------------------------------------
+
+
+def _check_interpolation(interpolation):
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(
+            f"transforms: interpolation {interpolation!r} is not supported by the fast pipeline; "
+            f"use one of {', '.join(INTERPOLATIONS)}"
+        )
+    return interpolation
+
+
+def _check_size(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"transforms: {name} must be a positive int, got {value!r}")
+    return value
+
+
+def _check_range(name, value):
+    lo, hi = (float(v) for v in value)
+    if not 0 < lo <= hi:
+        raise ValueError(f"transforms: {name} must be (low, high) with 0 < low <= high, got {value!r}")
+    return (lo, hi)
+
+
+def _check_prob(name, value):
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"transforms: {name} must be within [0, 1], got {value!r}")
+    return float(value)
+
+
+# ---------------------------------------------------------------------------------------
+# Crop parameters
+# ---------------------------------------------------------------------------------------
+
+
+def sample_crop_params(height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """(top, left, h, w) of a random crop, distributed as RandomResizedCrop's.
+
+    Up to 10 tries of (area fraction ~ U(scale), log aspect ratio ~ U(log ratio)); the
+    first crop that fits wins, else the largest central crop whose aspect ratio is clamped
+    into ``ratio``. The draws use torch's global RNG in the same order and precision as
+    ``RandomResizedCrop.get_params``, so a seeded sample gets the very crop the reference
+    pipeline would take: the fast and the reference backends stay comparable image by image.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"transforms: cannot crop an image of size {width}x{height}")
+    area = height * width
+    log_lo, log_hi = _log_ratio_bounds(tuple(ratio))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
+        aspect = torch.empty(1).uniform_(log_lo, log_hi).exp_().item()
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = torch.randint(0, height - h + 1, size=(1,)).item()
+            left = torch.randint(0, width - w + 1, size=(1,)).item()
+            return top, left, h, w
+    return _central_crop(height, width, ratio)
+
+
+@functools.lru_cache(maxsize=8)
+def _log_ratio_bounds(ratio):
+    """log(ratio) rounded to float32, as the reference computes it: drawing between bounds
+    computed in double would round a few crops on .5 boundaries differently. Cached, as
+    building a tensor per sample costs more than the rest of the sampling."""
+    log_ratio = torch.log(torch.tensor(ratio, dtype=torch.float32))
+    return log_ratio[0].item(), log_ratio[1].item()
+
+
+def _central_crop(height, width, ratio):
+    """The fallback crop: whole image, aspect ratio clamped into ``ratio``, centred."""
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _draw_flip(hflip_prob):
+    """One torch.rand draw like RandomHorizontalFlip; none when flipping is disabled, as
+    the reference preset then has no flip transform at all."""
+    if hflip_prob <= 0:
+        return False
+    return bool(torch.rand(1).item() < hflip_prob)
+
+
+def eval_resize_shape(height, width, resize_size):
+    """Size after resizing the shorter side to ``resize_size`` (torchvision's Resize(int) rule)."""
+    if height <= width:
+        return resize_size, int(resize_size * width / height)
+    return int(resize_size * height / width), resize_size
+
+
+def _center_offsets(height, width, crop_size):
+    """Top-left corner of CenterCrop(crop_size), rounded as torchvision rounds it."""
+    return int(round((height - crop_size) / 2.0)), int(round((width - crop_size) / 2.0))
+
+
+def _dct_scale(short_side, target):
+    """Largest libjpeg scale 1/s (s in 8, 4, 2) that keeps ``short_side / s`` at least
+    DCT_REDUCING_GAP times ``target``; 1 when none does."""
+    for s in _DCT_SCALES:
+        if short_side >= s * target * DCT_REDUCING_GAP:
+            return s
+    return 1
+
+
+# ---------------------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------------------
+
+
+def read_jpeg_header(data):
+    """(height, width, components) from a JPEG's start-of-frame, or None if not a plain JPEG.
+
+    Walking the marker segments costs microseconds, where PIL's Image.open costs tens:
+    this runs for every sample. None (not a JPEG, no frame header, height left to a DNL
+    marker) sends the file to the general PIL path, which reports real errors properly.
+    """
+    n = len(data)
+    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return None
+    pos = 2
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker in _STANDALONE_MARKERS:
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            return None
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        if marker in _SOF_MARKERS:
+            if pos + 10 > n or length < 8:
+                return None
+            height = (data[pos + 5] << 8) | data[pos + 6]
+            width = (data[pos + 7] << 8) | data[pos + 8]
+            components = data[pos + 9]
+            if height == 0 or width == 0:
+                return None
+            return height, width, components
+        pos += 2 + length
+    return None
+
+
+def _datasets():
+    # Imported on use: datasets may import this module, and the error types live there.
+    import datasets
+
+    return datasets
+
+
+def _bytes_tensor(data):
+    """The file's bytes as a 1-D uint8 tensor. A writable copy: torch warns about
+    read-only buffers, and copying 40 KB takes microseconds."""
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def _hwc_to_chw(array):
+    """HWC uint8 array -> CHW tensor view (channels-last strides, which torch's uint8
+    resampler reads fastest)."""
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def _decode_pil_tensor(data, path):
+    """Any format PIL reads -> RGB uint8 CHW tensor; BadImageError if it cannot be decoded."""
+    image = _datasets().decode_pil(data, path)
+    return _hwc_to_chw(np.array(image, dtype=np.uint8, copy=True))
+
+
+def _check_pixel_limit(height, width, path):
+    """The decompression-bomb limit decode_pil enforces, applied before the fast decoders."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and height * width > limit:
+        raise _datasets().bad_image(path, f"too large: {width}x{height}")
+
+
+def _tv_decode_jpeg(payload, device="cpu"):
+    """torchvision.io.decode_jpeg to RGB (gray JPEGs are expanded). ``payload`` is a 1-D
+    uint8 tensor or a list of them; a list is decoded as one batch (nvJPEG on CUDA).
+
+    torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec; they still
+    work, and the DeprecationWarning is hidden by Python's default filters (shown at most
+    once otherwise), so no per-call warning filter is paid for here.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    return decode_jpeg(payload, mode=ImageReadMode.RGB, device=device)
+
+
+@functools.lru_cache(maxsize=1)
+def _has_tv_decode_jpeg():
+    """False where torchvision was built without image I/O; the PIL paths are used then."""
+    try:
+        from torchvision.io import decode_jpeg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _decode_jpeg_full(data, path):
+    """Full-size decode with libjpeg-turbo via torchvision (no PIL image, no extra copy).
+
+    Returns an RGB uint8 CHW tensor. On failure PIL decodes it instead: either it can (some
+    rare JPEG torchvision rejects), or decode_pil raises BadImageError with a clear reason.
+    """
+    if _has_tv_decode_jpeg():
+        try:
+            return _tv_decode_jpeg(_bytes_tensor(data))
+        except RuntimeError:
+            pass
+    return _decode_pil_tensor(data, path)
+
+
+def _load_reduced_jpeg(data, scale):
+    """(PIL RGB image decoded at 1/scale by libjpeg's DCT scaling, scale used), or None
+    when ``scale`` is 1 or PIL fails; the full decoder then runs and reports any error."""
+    if scale <= 1:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's metadata warnings say nothing about pixels
+            image = Image.open(io.BytesIO(data))
+            width = image.size[0]
+            drafted = image.draft("RGB", (image.size[0] // scale, image.size[1] // scale))
+            image.load()
+    except Exception:  # PIL raises many types; the full decode path gives the verdict
+        return None
+    if image.mode != "RGB" or not drafted:
+        return None
+    # PIL reports the region the decoded image covers, in decoded pixels: (0, 0, W/s, H/s).
+    return image, width / drafted[1][2]
+
+
+def _resize_reduced(image, scale, box, size, interpolation):
+    """Resample ``box`` (full-resolution coordinates) of an image decoded at 1/scale to
+    ``size`` (h, w); returns a uint8 HWC array.
+
+    PIL takes the box in fractional pixels, so the sampling grid lands exactly where it
+    would on the full-resolution image; rounding the box to whole decoded pixels instead
+    shifts it by up to scale/2 original pixels, a visible misalignment on sharp edges.
+    """
+    left, top, right, bottom = (v / scale for v in box)
+    box = (left, top, min(right, image.size[0]), min(bottom, image.size[1]))
+    resample = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
+    out = image.resize((size[1], size[0]), resample, box=box)
+    return np.array(out, dtype=np.uint8, copy=True)
+
+
+def _open_for_crop(data, path):
+    """(height, width, decoded): colour JPEGs get only their header read (decoded is None,
+    so the caller can pick a reduced-size decode); anything else is decoded by PIL here."""
+    header = read_jpeg_header(data)
+    if header is not None and header[2] == 3:
+        _check_pixel_limit(header[0], header[1], path)
+        return header[0], header[1], None
+    # Grayscale/CMYK JPEGs and other formats: PIL handles every colour model; they are rare.
+    image = _decode_pil_tensor(data, path)
+    return image.shape[1], image.shape[2], image
+
+
+def _full_jpeg(data, path, height, width):
+    """Full-size decode of a colour JPEG whose header announced ``height`` x ``width``."""
+    image = _decode_jpeg_full(data, path)
+    if tuple(image.shape[1:]) != (height, width):
+        raise _datasets().bad_image(
+            path, f"decoded size {image.shape[2]}x{image.shape[1]} does not match the header's {width}x{height}"
+        )
+    return image
+
+
+# ---------------------------------------------------------------------------------------
+# Resizing
+# ---------------------------------------------------------------------------------------
+
+
+def resize_uint8(image, size, interpolation="bilinear", *, via_float=None):
+    """Antialiased resize of a uint8 (N)CHW tensor to ``size`` (h, w), returning uint8.
+
+    On the CPU torch resamples uint8 directly (a fixed-point path close to PIL's). Other
+    devices have no uint8 antialiased kernel, so there (or with ``via_float=True``, which
+    tests use to exercise that path on the CPU) it resamples in float32 and rounds.
+    """
+    batched = image.dim() == 4
+    x = image if batched else image.unsqueeze(0)
+    if via_float is None:
+        via_float = x.device.type != "cpu"
+    if via_float:
+        out = F.interpolate(x.float(), size=size, mode=interpolation, antialias=True, align_corners=False)
+        out = out.round_().clamp_(0, 255).to(torch.uint8)
+    else:
+        out = F.interpolate(x, size=size, mode=interpolation, antialias=True, align_corners=False)
+    return out if batched else out[0]
+
+
+def _crop_resize(image, top, left, h, w, size, interpolation):
+    """Crop (a view, no copy) and resize to size x size in one resampling pass."""
+    region = image[:, top : top + h, left : left + w]
+    return resize_uint8(region, (size, size), interpolation)
+
+
+def _resize_center_crop(image, resize_size, crop_size, interpolation):
+    """Resize the shorter side to ``resize_size``, then take the central crop_size square."""
+    new_h, new_w = eval_resize_shape(image.shape[-2], image.shape[-1], resize_size)
+    resized = resize_uint8(image, (new_h, new_w), interpolation)
+    top, left = _center_offsets(new_h, new_w, crop_size)
+    return resized[:, top : top + crop_size, left : left + crop_size].contiguous()
+
+
+# ---------------------------------------------------------------------------------------
+# CPU transforms ("--backend fast")
+# ---------------------------------------------------------------------------------------
+
+
+class FastTrainTransform:
+    """bytes -> uint8 (3, crop, crop): RandomResizedCrop + horizontal flip, no float work.
+
+    Random draws (crop, then flip) match the reference pipeline's, so with the same seed
+    both produce the same crop of the same image. Crops at least 3x (6x, 12x) the output
+    size are decoded at 1/2 (1/4, 1/8) scale directly by libjpeg (see DCT_REDUCING_GAP).
+    """
+
+    def __init__(self, *, crop_size, interpolation="bilinear", hflip_prob=0.5, scale=(0.08, 1.0),
+                 ratio=(3 / 4, 4 / 3)):
+        self.crop_size = _check_size("crop_size", crop_size)
+        self.interpolation = _check_interpolation(interpolation)
+        self.hflip_prob = _check_prob("hflip_prob", hflip_prob)
+        self.scale = _check_range("scale", scale)
+        self.ratio = _check_range("ratio", ratio)
+
+    def __call__(self, data, path):
+        height, width, image = _open_for_crop(data, path)
+        top, left, h, w = sample_crop_params(height, width, self.scale, self.ratio)
+        flip = _draw_flip(self.hflip_prob)
+        size = self.crop_size
+        reduced = _load_reduced_jpeg(data, _dct_scale(min(h, w), size)) if image is None else None
+        if reduced is not None:
+            array = _resize_reduced(*reduced, (left, top, left + w, top + h), (size, size), self.interpolation)
+            out = _hwc_to_chw(array)
+        else:
+            if image is None:
+                image = _full_jpeg(data, path, height, width)
+            out = _crop_resize(image, top, left, h, w, size, self.interpolation)
+        if flip:
+            out = out.flip(-1)  # keeps the input's strides: channels-last for the PIL path
+        return out.contiguous()
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(crop_size={self.crop_size}, interpolation={self.interpolation!r}, "
+                f"hflip_prob={self.hflip_prob}, scale={self.scale}, ratio={self.ratio})")
+
+
+class FastEvalTransform:
+    """bytes -> uint8 (3, crop, crop): Resize(resize_size) of the shorter side + CenterCrop.
+
+    Images whose shorter side is at least 3x (6x, 12x) ``resize_size`` are decoded at 1/2
+    (1/4, 1/8) scale by libjpeg (see DCT_REDUCING_GAP).
+    """
+
+    def __init__(self, *, crop_size, resize_size, interpolation="bilinear"):
+        self.crop_size = _check_size("crop_size", crop_size)
+        self.resize_size = _check_size("resize_size", resize_size)
+        self.interpolation = _check_interpolation(interpolation)
+        if crop_size > resize_size:
+            raise ValueError(
+                f"transforms: crop_size {crop_size} is larger than resize_size {resize_size}; "
+                "use a resize size at least as large as the crop"
+            )
+
+    def __call__(self, data, path):
+        height, width, image = _open_for_crop(data, path)
+        reduced = _load_reduced_jpeg(data, _dct_scale(min(height, width), self.resize_size)) if image is None else None
+        if reduced is None:
+            if image is None:
+                image = _full_jpeg(data, path, height, width)
+            return _resize_center_crop(image, self.resize_size, self.crop_size, self.interpolation)
+        new_h, new_w = eval_resize_shape(height, width, self.resize_size)
+        array = _resize_reduced(*reduced, (0, 0, width, height), (new_h, new_w), self.interpolation)
+        top, left = _center_offsets(new_h, new_w, self.crop_size)
+        return _hwc_to_chw(array[top : top + self.crop_size, left : left + self.crop_size]).contiguous()
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(crop_size={self.crop_size}, resize_size={self.resize_size}, "
+                f"interpolation={self.interpolation!r})")
+
+
+# ---------------------------------------------------------------------------------------
+# Device decoding ("--decode-device cuda")
+# ---------------------------------------------------------------------------------------
+
+
+def _encoded_payload(data, path):
+    """(payload, height, width): the raw bytes for colour JPEGs (decoded later on the
+    device), else the image decoded here with PIL (grayscale/CMYK JPEGs, PNG, ...), which
+    the device decoders may not handle and which are rare enough not to matter."""
+    header = read_jpeg_header(data)
+    if header is not None and header[2] == 3:
+        _check_pixel_limit(header[0], header[1], path)
+        return _bytes_tensor(data), header[0], header[1]
+    image = _decode_pil_tensor(data, path).contiguous()
+    return image, image.shape[1], image.shape[2]
+
+
+class EncodedTrainTransform:
+    """Worker side of device decoding: read the size from the JPEG header, draw the crop
+    and flip, ship the undecoded bytes. The worker does microseconds of work per image."""
+
+    def __init__(self, *, crop_size, hflip_prob=0.5, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+        self.crop_size = _check_size("crop_size", crop_size)
+        self.hflip_prob = _check_prob("hflip_prob", hflip_prob)
+        self.scale = _check_range("scale", scale)
+        self.ratio = _check_range("ratio", ratio)
+
+    def __call__(self, data, path):
+        payload, height, width = _encoded_payload(data, path)
+        top, left, h, w = sample_crop_params(height, width, self.scale, self.ratio)
+        flip = _draw_flip(self.hflip_prob)
+        return {"data": payload, "params": torch.tensor([top, left, h, w, int(flip)], dtype=torch.int64)}
+
+
+class EncodedEvalTransform:
+    """Worker side of device decoding for evaluation: the bytes and params of -1 (meaning
+    resize + centre crop, done by DeviceDecoder). The sizes are accepted for symmetry with
+    the other transforms; the device side is what uses them."""
+
+    def __init__(self, *, crop_size=None, resize_size=None):
+        self.crop_size = None if crop_size is None else _check_size("crop_size", crop_size)
+        self.resize_size = None if resize_size is None else _check_size("resize_size", resize_size)
+
+    def __call__(self, data, path):
+        payload, _, _ = _encoded_payload(data, path)
+        return {"data": payload, "params": torch.full((5,), -1, dtype=torch.int64)}
+
+
+class DeviceDecoder:
+    """Decode a batch of EncodedTrainTransform/EncodedEvalTransform items on ``device``.
+
+    All JPEGs go to one batched ``torchvision.io.decode_jpeg`` call (nvJPEG on CUDA; the
+    same code on the CPU is what the tests run). If the batch call fails, each item is
+    retried alone, on the device and then on the CPU (nvJPEG rejects some valid files that
+    libjpeg reads); items that still fail are reported by index and left as zeros, for the
+    caller's bad-image policy. Crops and resizes run on the device too.
+    """
+
+    def __init__(self, *, crop_size, device, resize_size=None, interpolation="bilinear"):
+        self.crop_size = _check_size("crop_size", crop_size)
+        self.resize_size = None if resize_size is None else _check_size("resize_size", resize_size)
+        self.interpolation = _check_interpolation(interpolation)
+        self.device = torch.device(device)
+        if self.resize_size is not None and self.crop_size > self.resize_size:
+            raise ValueError(
+                f"transforms: crop_size {crop_size} is larger than resize_size {resize_size}; "
+                "use a resize size at least as large as the crop"
+            )
+        if not _has_tv_decode_jpeg():
+            raise RuntimeError(
+                "transforms: --decode-device needs torchvision.io.decode_jpeg, which this torchvision "
+                "build lacks; install the official torchvision wheel or decode on the CPU"
+            )
+
+    def __call__(self, items):
+        jpeg_index = [i for i, item in enumerate(items) if item["data"].dim() == 1]
+        decoded = dict(zip(jpeg_index, self._decode_jpegs([items[i]["data"] for i in jpeg_index])))
+        batch = torch.zeros((len(items), 3, self.crop_size, self.crop_size), dtype=torch.uint8, device=self.device)
+        bad = []
+        for i, item in enumerate(items):
+            image = decoded[i] if i in decoded else item["data"].to(self.device, non_blocking=True)
+            out = None if image is None else self._crop_resize(image, item["params"].tolist())
+            if out is None:
+                bad.append(i)
+            else:
+                batch[i] = out
+        return batch, bad
+
+    def _decode_jpegs(self, payloads):
+        """Decoded CHW tensors on the device, None for those that cannot be decoded."""
+        if not payloads:
+            return []
+        try:
+            return [image.to(self.device) for image in _tv_decode_jpeg(payloads, device=self.device)]
+        except (RuntimeError, ValueError):
+            return [self._decode_one(payload) for payload in payloads]
+
+    def _decode_one(self, payload):
+        devices = [self.device] if self.device.type == "cpu" else [self.device, torch.device("cpu")]
+        for device in devices:
+            try:
+                return _tv_decode_jpeg(payload, device=device).to(self.device)
+            except (RuntimeError, ValueError):
+                continue
+        return None
+
+    def _crop_resize(self, image, params):
+        """The item's crop (or resize + centre crop), resized and flipped; None when the
+        crop does not fit the decoded image (its header lied about the size)."""
+        top, left, h, w, flip = params
+        if top < 0:  # evaluation item
+            if self.resize_size is None:
+                raise ValueError(
+                    "transforms: DeviceDecoder got an evaluation item (params -1) but has no resize_size; "
+                    "build it with resize_size for the validation loader"
+                )
+            return _resize_center_crop(image, self.resize_size, self.crop_size, self.interpolation)
+        if top + h > image.shape[1] or left + w > image.shape[2]:
+            return None
+        out = _crop_resize(image, top, left, h, w, self.crop_size, self.interpolation)
+        return out.flip(-1) if flip else out
+
+
+# ---------------------------------------------------------------------------------------
+# On-device batch steps
+# ---------------------------------------------------------------------------------------
+
+
+def normalize_batch(batch, mean, std, *, dtype=torch.float32, channels_last=False):
+    """uint8 NCHW -> ``dtype``, computing (x / 255 - mean) / std as one multiply-add
+    ``x * scale + shift`` per element.
+
+    The output is allocated once, in its final memory format, and filled without float
+    temporaries (see _scale_shift_into). Half precision outputs are computed in float32
+    and cast, so their only extra error is the final rounding.
+    """
+    if batch.dtype != torch.uint8 or batch.dim() != 4:
+        raise ValueError(
+            f"transforms: normalize_batch expects a uint8 NCHW batch, got {batch.dtype} of shape {tuple(batch.shape)}"
+        )
+    channels = batch.shape[1]
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(
+            f"transforms: mean/std have {len(mean)}/{len(std)} values for a batch of {channels} channels"
+        )
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    scale = _per_channel([1.0 / (255.0 * float(s)) for s in std], batch.device, work)
+    shift = _per_channel([-float(m) / float(s) for m, s in zip(mean, std)], batch.device, work)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty(batch.shape, dtype=work, device=batch.device, memory_format=fmt)
+    _scale_shift_into(out, batch, scale, shift, one_pass=batch.device.type != "cpu")
+    return out if work == dtype else out.to(dtype=dtype, memory_format=fmt)
+
+
+def _per_channel(values, device, dtype):
+    """(1, C, 1, 1) constants on ``device``. On CUDA they are copied from pinned memory:
+    a copy from pageable memory would make the host wait for all work queued on the
+    stream, stalling the loader's prefetching."""
+    constants = torch.tensor(values, dtype=dtype).view(1, -1, 1, 1)
+    if device.type == "cuda":
+        return constants.pin_memory().to(device, non_blocking=True)
+    return constants.to(device)
+
+
+def _scale_shift_into(out, batch, scale, shift, *, one_pass):
+    """out = batch * scale + shift. On GPUs one kernel reads uint8 and writes float (one
+    pass over memory). On the CPU, torch's mixed-dtype addcmul is slower than a plain
+    conversion followed by two in-place vectorised ops, so that is used there."""
+    if one_pass:
+        torch.addcmul(shift, batch, scale, out=out)
+    else:
+        out.copy_(batch)
+        out.mul_(scale).add_(shift)
+
+
+class _MixUpCutMix:
+    """Per batch, MixUp or CutMix (chosen at random among the enabled ones) with the batch
+    rolled by one, as in torchvision's reference scripts; targets become soft labels."""
+
+    def __init__(self, mixup_alpha, cutmix_alpha, num_classes):
+        self.mixup_alpha, self.cutmix_alpha, self.num_classes = mixup_alpha, cutmix_alpha, num_classes
+
+    def __call__(self, images, targets):
+        if targets.dim() == 1:
+            targets = F.one_hot(targets.long(), self.num_classes).to(images.dtype)
+        choices = [m for m, a in (("mixup", self.mixup_alpha), ("cutmix", self.cutmix_alpha)) if a > 0]
+        method = choices[int(torch.randint(len(choices), (1,)).item())]
+        alpha = self.mixup_alpha if method == "mixup" else self.cutmix_alpha
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        rolled_images, rolled_targets = images.roll(1, 0), targets.roll(1, 0)
+        if method == "mixup":
+            images = images * lam + rolled_images * (1.0 - lam)
+        else:
+            images, lam = _paste_box(images, rolled_images, lam)
+        return images, targets * lam + rolled_targets * (1.0 - lam)
+
+    def __repr__(self):
+        return f"MixUpCutMix(mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha})"
+
+
+def _paste_box(images, rolled, lam):
+    """CutMix: paste a box of about (1 - lam) of the area from ``rolled``; returns the
+    images and lam recomputed from the box actually pasted (clipped at the borders)."""
+    height, width = images.shape[-2:]
+    cy = int(torch.randint(height, (1,)).item())
+    cx = int(torch.randint(width, (1,)).item())
+    half_h = int(round(height * math.sqrt(1.0 - lam) / 2))
+    half_w = int(round(width * math.sqrt(1.0 - lam) / 2))
+    y0, y1 = max(cy - half_h, 0), min(cy + half_h, height)
+    x0, x1 = max(cx - half_w, 0), min(cx + half_w, width)
+    images = images.clone()
+    images[..., y0:y1, x0:x1] = rolled[..., y0:y1, x0:x1]
+    return images, 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
+
+
+def get_mixup_cutmix(*, mixup_alpha, cutmix_alpha, num_classes, use_v2=False):
+    """None when both alphas are 0, else callable(images, int targets) -> (images, soft targets).
+
+    ``use_v2`` uses torchvision.transforms.v2.MixUp/CutMix; the default is a small torch-only
+    version that works on any device and dtype.
+    """
+    if mixup_alpha < 0 or cutmix_alpha < 0:
+        raise ValueError(f"transforms: --mixup-alpha/--cutmix-alpha must be >= 0, got {mixup_alpha}/{cutmix_alpha}")
+    if mixup_alpha == 0 and cutmix_alpha == 0:
+        return None
+    _check_size("num_classes", num_classes)
+    if not use_v2:
+        return _MixUpCutMix(float(mixup_alpha), float(cutmix_alpha), num_classes)
+    from torchvision.transforms import v2
+
+    chosen = []
+    if mixup_alpha > 0:
+        chosen.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+    if cutmix_alpha > 0:
+        chosen.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+    return chosen[0] if len(chosen) == 1 else v2.RandomChoice(chosen)
