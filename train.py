@@ -453,11 +453,12 @@ def run_training(args, device: torch.device, dist_info: utils.DistInfo, log) -> 
 
 
 def check_weights_in_sync(model: nn.Module, dist_info: utils.DistInfo, log) -> None:
-    """DDP keeps replicas identical; a checksum per rank proves it at the end of the run (cheap, once)."""
+    """DDP keeps the parameters identical on every rank; a checksum per rank proves it at the end of the run.
+    (BatchNorm running statistics are left out: each rank updates them from its own last batch.)"""
     if not dist_info.distributed:
         return
     with torch.no_grad():
-        checksum = float(sum(p.double().sum().item() for p in model.state_dict().values() if p.is_floating_point()))
+        checksum = float(sum(p.double().sum().item() for p in model.parameters()))
     sums = utils.all_gather_objects(checksum, dist_info)
     if len(set(sums)) == 1:
         log(f"weights identical on all {dist_info.world_size} ranks (checksum {checksum:.6f})")

@@ -89,9 +89,12 @@ def init_distributed(dist_backend: str, dist_url: str, timeout_minutes: float, d
     if device_type == "cuda":
         torch.cuda.set_device(env["local_rank"])
     timeout = datetime.timedelta(minutes=timeout_minutes)
-    dist.init_process_group(
-        backend=dist_backend, init_method=dist_url, world_size=env["world_size"], rank=env["rank"], timeout=timeout
-    )
+    store, rank, world_size = next(dist.rendezvous(dist_url, rank=env["rank"], world_size=env["world_size"],
+                                                   timeout=timeout))
+    # torchrun --max-restarts keeps its key-value store across restarts: without a per-attempt prefix, restarted
+    # workers would read the dead workers' addresses and fail to connect.
+    store = dist.PrefixStore(f"attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
+    dist.init_process_group(backend=dist_backend, store=store, world_size=world_size, rank=rank, timeout=timeout)
     control = dist.new_group(backend="gloo", timeout=timeout) if dist_backend != "gloo" else None
     return DistInfo(
         rank=env["rank"],
@@ -337,5 +340,5 @@ class LRSchedule:
         """Set every group's lr for this iteration; returns the lr of the first group."""
         f = self.factor(epoch, step)
         for group in optimizer.param_groups:
-            group["lr"] = group.setdefault("initial_lr", self.base_lr) * f
+            group["lr"] = self.base_lr * f  # --lr of this run, also after a resume
         return optimizer.param_groups[0]["lr"]

@@ -142,7 +142,7 @@ def test_killed_worker_is_restarted_by_torchrun_and_job_finishes(det_data, strai
     out = tmp_path / "out"
     proc = start(torchrun_cmd(det_args(det_data, out, "--resume", "auto", "--checkpoint-interval", "2"),
                               extra=["--max-restarts", "1"]))
-    wait_for(proc, "Epoch: [1] [4/")
+    wait_for(proc, "Epoch: [1] [2/")
     workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert len(workers) == 2, workers
     os.kill(int(workers[1]), signal.SIGKILL)

@@ -1,0 +1,114 @@
+"""What a run leaves behind: metrics.jsonl and summary.json with every documented field, --target-acc,
+--eval-interval, TensorBoard, continued metrics after a resume, bad images end to end, results tables from
+real runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import metrics
+from conftest import FAST_ARGS, REPO, make_imagefolder, run_torchrun, run_train
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def learnable(tmp_path_factory):
+    return make_imagefolder(tmp_path_factory.mktemp("learn") / "data", classes=2, train_per_class=12,
+                            val_per_class=4)
+
+
+def test_metrics_and_summary_have_every_documented_field(learnable, tmp_path):
+    out = tmp_path / "out"
+    run_train(["--data-path", learnable, "--output-dir", out, "--epochs", "2", "--lr", "0.002", "--seed", "0",
+               "--tensorboard", *FAST_ARGS])
+    records = read_jsonl(out / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [0, 1]
+    for r in records:
+        assert set(metrics.RECORD_FIELDS) <= set(r)
+        assert r["imgs_per_sec"] > 0 and 0 <= r["data_wait_frac"] <= 1 and r["epoch_time_s"] > 0
+        assert r["peak_mem_gb"] is None and r["peak_host_rss_gb"] > 0  # CPU: no device memory, host RSS instead
+        assert 0 <= r["val_acc1"] <= 100 and r["bad_images"] == 0
+    with open(out / "summary.json") as f:
+        summary = json.load(f)
+    assert set(metrics.SUMMARY_FIELDS) <= set(summary)
+    assert summary["status"] == "finished" and summary["epochs_run"] == 2 and summary["world_size"] == 1
+    assert summary["peak_mem_gb_per_card"] is None and summary["peak_mem_note"]
+    assert summary["mean_power_w_per_card"] is None and "cpu" in summary["power_note"].lower()
+    assert summary["best_acc1"] == max(r["val_acc1"] for r in records)
+    assert summary["versions"]["torch"] and summary["command"].startswith("train.py")
+    events = [f for _, _, files in os.walk(out / "tensorboard") for f in files if "tfevents" in f]
+    assert events
+
+
+def test_target_acc_stops_early_and_records_time_and_epochs(learnable, tmp_path):
+    out = tmp_path / "out"
+    proc = run_train(["--data-path", learnable, "--output-dir", out, "--epochs", "6", "--lr", "0.002", "--seed", "0",
+                      "--target-acc", "1", *FAST_ARGS])
+    assert "target Acc@1 1.0 reached at epoch 0" in proc.stdout
+    with open(out / "summary.json") as f:
+        summary = json.load(f)
+    assert summary["status"] == "target_reached" and summary["reached_target"] is True
+    assert summary["epochs_to_target"] == 1 and summary["time_to_target_s"] > 0 and summary["epochs_run"] == 1
+
+
+def test_eval_interval_skips_evaluations_but_not_the_last(learnable, tmp_path):
+    out = tmp_path / "out"
+    proc = run_train(["--data-path", learnable, "--output-dir", out, "--epochs", "3", "--eval-interval", "2",
+                      "--max-steps-per-epoch", "2", *FAST_ARGS])
+    records = read_jsonl(out / "metrics.jsonl")
+    assert [r["val_acc1"] is not None for r in records] == [False, True, True]
+    assert proc.stdout.count("Test: Acc@1") == 2
+    assert "ETA" in [line for line in proc.stdout.splitlines() if line.startswith("Epoch 0 |")][0]
+
+
+def test_resumed_run_continues_metrics_without_duplicate_epochs(learnable, tmp_path):
+    out = tmp_path / "out"
+    common = ["--data-path", learnable, "--output-dir", out, "--max-steps-per-epoch", "2", *FAST_ARGS]
+    run_train([*common, "--epochs", "2"])
+    # A crash after epoch 1's metrics but before its checkpoint: resuming from epoch 0's file reruns epoch 1.
+    os.remove(out / "checkpoint.pth")
+    os.remove(out / "model_1.pth")
+    proc = run_train([*common, "--epochs", "3", "--resume", "auto"])
+    assert "resumed from" in proc.stdout and "model_0.pth" in proc.stdout
+    assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 1, 2]
+
+
+def test_bad_images_skip_counts_and_error_names_the_file(tmp_path):
+    data = make_imagefolder(tmp_path / "data", classes=2, train_per_class=4, val_per_class=1)
+    bad = os.path.join(data, "train", "class01", "img002.JPEG")
+    with open(bad, "r+b") as f:
+        f.truncate(120)  # a truncated JPEG
+    out = tmp_path / "out"
+    proc = run_train(["--data-path", data, "--output-dir", out, "--epochs", "1", "--bad-images", "skip", *FAST_ARGS])
+    assert proc.stderr.count(f"skipping bad image {bad}") == 1
+    assert read_jsonl(out / "metrics.jsonl")[0]["bad_images"] == 1
+    proc = run_train(["--data-path", data, "--output-dir", tmp_path / "out2", "--epochs", "1", *FAST_ARGS,
+                      "--workers", "2"], check=False)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and bad in lines[0] and "--bad-images skip" in lines[0], proc.stderr
+
+
+@pytest.mark.slow
+def test_results_table_from_real_one_and_two_process_runs(learnable, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["--data-path", learnable, "--epochs", "1", "--target-acc", "1", *FAST_ARGS]
+    run_train([*common, "--output-dir", one])
+    run_torchrun([*common, "--output-dir", two])
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "results_table.py"), one, two],
+                          capture_output=True, text=True, check=True)
+    table = proc.stdout
+    with open(one / "summary.json") as f:
+        fps1 = json.load(f)["mean_imgs_per_sec"]
+    with open(two / "summary.json") as f:
+        fps2 = json.load(f)["mean_imgs_per_sec"]
+    assert "Single card" in table and "2 cards" in table and "BatchSize=4" in table
+    assert f"{fps2 / (2 * fps1):.2f}" in table  # scalability of the 2-process row
+    assert "1/1 runs reached target" in table
