@@ -10,6 +10,7 @@ batches on the GPU (nvJPEG), cropped, resized and flipped there. The same code r
 """
 
 import hashlib
+import multiprocessing
 import os
 import signal
 import sys
@@ -89,6 +90,19 @@ def _ignore_preemption_signals(_worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def stop_workers(timeout: float = 5.0) -> None:
+    """End this process's DataLoader workers. They ignore SIGTERM (see above), so when the run ends on an
+    exception, multiprocessing's exit hook (terminate = SIGTERM, then join) would wait on them forever; SIGKILL
+    cannot be ignored, and workers hold nothing worth saving."""
+    workers = multiprocessing.active_children()
+    if workers:
+        # torch's SIGCHLD handler would report the workers' deaths as a crash of the run; this end is ours.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for proc in workers:
+        proc.kill()
+        proc.join(timeout)
 
 
 def collate_encoded(batch):

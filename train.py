@@ -310,6 +310,7 @@ def main(args) -> int:
             return run_benchmark(args, device, dist_info, log)
         return run_training(args, device, dist_info, log)
     finally:
+        data.stop_workers()
         utils.cleanup_distributed(dist_info)
 
 
@@ -371,6 +372,9 @@ def run_training(args, device: torch.device, dist_info: utils.DistInfo, log) -> 
     mixup = transforms.get_mixup_cutmix(mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha,
                                              num_classes=num_classes, use_v2=args.use_v2)
     train_loader = data.make_device_loader(loaders.train, cfg, device, train=True, channels_last=args.channels_last)
+    train_step = TrainStep(train_model, criterion, optimizer, schedule=schedule, scaler=scaler, autocast=autocast,
+                           device=device, mixup=mixup, model_ema=model_ema, ema_steps=args.model_ema_steps,
+                           warmup_epochs=args.lr_warmup_epochs, clip_grad_norm=args.clip_grad_norm)
     sink = metrics.MetricsSink(args.output_dir or None, is_main=dist_info.is_main, tensorboard=args.tensorboard)
     sink.start(resume_epoch=start_epoch if resume["resumed"] else None)
     power = metrics.PowerMonitor(device.index if device.type == "cuda" else None)
@@ -399,11 +403,8 @@ def run_training(args, device: torch.device, dist_info: utils.DistInfo, log) -> 
             first_step = start_step if epoch == start_epoch else 0
             loaders.train_sampler.set_start_batch(first_step)
             train_stats = train_one_epoch(
-                train_model, criterion, optimizer, train_loader, device, epoch,
-                schedule=schedule, scaler=scaler, autocast=autocast, mixup=mixup, model_ema=model_ema,
-                ema_steps=args.model_ema_steps, warmup_epochs=args.lr_warmup_epochs,
-                clip_grad_norm=args.clip_grad_norm, print_freq=args.print_freq, start_step=first_step,
-                num_steps=steps_per_epoch, global_batch=global_batch, dist_info=dist_info, log=log,
+                train_step, train_loader, device, epoch, start_step=first_step, num_steps=steps_per_epoch,
+                print_freq=args.print_freq, global_batch=global_batch, dist_info=dist_info, log=log,
                 preempt=preempt, checkpoint_interval=args.checkpoint_interval,
                 save_mid_epoch=lambda step: save(epoch - 1, step, epoch_end=False, is_best=False), run=run,
             )
@@ -507,115 +508,136 @@ def save_args(args, output_dir: str) -> None:
 # ------------------------------------------------------------------------------------------------------------
 # One epoch of training
 # ------------------------------------------------------------------------------------------------------------
-def train_one_epoch(model, criterion, optimizer, data_loader, device, epoch, *, schedule, scaler, autocast,
-                    mixup, model_ema, ema_steps, warmup_epochs, clip_grad_norm, print_freq, start_step, num_steps,
+class TrainStep:
+    """One optimization step: forward under autocast, backward (scaled under float16), clip, step, EMA.
+
+    The AMP order is scale, backward, unscale, clip, step, update. Health flags (a non-finite loss; float16 steps
+    the scaler skipped) stay on the device and are read by `check_health`, every print_freq steps and before
+    every checkpoint, so a step never waits on the GPU."""
+
+    def __init__(self, model, criterion, optimizer, *, schedule, scaler, autocast, device, mixup=None,
+                 model_ema=None, ema_steps=32, warmup_epochs=0, clip_grad_norm=None):
+        self.model, self.criterion, self.optimizer = model, criterion, optimizer
+        self.schedule, self.scaler, self.autocast, self.mixup = schedule, scaler, autocast, mixup
+        self.model_ema, self.ema_steps, self.warmup_epochs = model_ema, ema_steps, warmup_epochs
+        self.clip_grad_norm = clip_grad_norm
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        self.skipped_in_a_row = torch.zeros((), dtype=torch.int64, device=device)
+        self.skipped_total = torch.zeros((), dtype=torch.int64, device=device)
+
+    def __call__(self, images, target, epoch: int, step: int):
+        """Returns (loss, output, target, lr); target is the soft one when MixUp/CutMix is on."""
+        lr = self.schedule.apply(self.optimizer, epoch, step)
+        if self.mixup is not None:
+            images, target = self.mixup(images, target)
+        with self.autocast():
+            output = self.model(images)
+            loss = self.criterion(output, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler.is_enabled():
+            self._scaled_step(loss)
+        else:
+            loss.backward()
+            self._clip()
+            self.optimizer.step()
+            self.nonfinite |= ~torch.isfinite(loss.detach())
+        if self.model_ema is not None and step % self.ema_steps == 0:
+            self.model_ema.update_parameters(self.model)
+            if epoch < self.warmup_epochs:
+                self.model_ema.n_averaged.fill_(0)  # as the reference: the EMA starts after warmup
+        return loss, output, target, lr
+
+    def _scaled_step(self, loss):
+        scale_before = self.scaler._scale.clone() if self.scaler._scale is not None else None
+        self.scaler.scale(loss).backward()
+        if self.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        self._clip()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if scale_before is not None:  # the scaler lowers its scale exactly when it skips a step
+            skipped = (self.scaler._scale < scale_before).to(torch.int64)
+            self.skipped_total += skipped
+            self.skipped_in_a_row = (self.skipped_in_a_row + skipped) * skipped
+
+    def _clip(self):
+        if self.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+
+    def check_health(self, epoch: int, step: int) -> None:
+        if bool(self.nonfinite):
+            raise NonFiniteLossError(f"the loss became NaN or Inf at epoch {epoch}, step <= {step}; the last "
+                                     f"checkpoint is kept (try a lower --lr, --clip-grad-norm, or --amp-dtype bfloat16)")
+        if int(self.skipped_in_a_row) > MAX_CONSECUTIVE_SKIPPED_STEPS:
+            raise NonFiniteLossError(f"{int(self.skipped_in_a_row)} float16 steps in a row had inf/NaN gradients at "
+                                     f"epoch {epoch}, step {step}; the last checkpoint is kept (try --amp-dtype "
+                                     f"bfloat16 or a lower --lr)")
+
+    def take_skipped_count(self) -> int:
+        n = int(self.skipped_total)
+        self.skipped_total.zero_()
+        return n
+
+
+def train_one_epoch(train_step: TrainStep, data_loader, device, epoch, *, start_step, num_steps, print_freq,
                     global_batch, dist_info, log, preempt, checkpoint_interval, save_mid_epoch, run) -> dict:
-    """Train from `start_step` to `num_steps`. Returns the epoch's measurements. Losses and accuracies add up
-    on the device and are read every `print_freq` steps only, so the loop does not wait on the GPU."""
-    model.train()
+    """Train from `start_step` to `num_steps` and return the epoch's measurements. Losses and accuracies add
+    up on the device and are read every `print_freq` steps only, so the loop does not wait on the GPU; the
+    first steps (warmup: allocator, cuDNN autotuning, compile) are left out of the images/s figure."""
+    train_step.model.train()
     logger = utils.StepLogger(f"Epoch: [{epoch}]", num_steps, print_freq, device, dist_info.is_main)
     warmup_steps = min(10, max(0, (num_steps - start_step) // 5))
-    timed_start = None
-    data_wait = 0.0
-    images_seen = bad_total = 0
-    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-    skipped_run = torch.zeros((), dtype=torch.int64, device=device)
-    skipped_total = torch.zeros((), dtype=torch.int64, device=device)
-    step = start_step
-    epoch_start = time.perf_counter()
-    n_bad_dev = torch.zeros((), dtype=torch.int64)
+    epoch_start = timed_start = time.perf_counter()
+    data_wait, timed_images = 0.0, 0
+    n_bad = torch.zeros((), dtype=torch.int64)
     stopped = False
-    it = iter(data_loader)
+    step = start_step
+    batches = iter(data_loader)
     t_wait = time.perf_counter()
     while step < num_steps:
-        if utils.any_rank_true(preempt.set, dist_info):
+        if utils.any_rank_true(preempt.set, dist_info):  # all ranks stop at the same step
             stopped = True
             break
         try:
-            images, target, n_bad = next(it)
+            images, target, bad = next(batches)
         except StopIteration:
             break
-        now = time.perf_counter()
-        data_time = now - t_wait
-        if step - start_step == warmup_steps:
+        data_time = time.perf_counter() - t_wait
+        if step - start_step == warmup_steps and warmup_steps:
             sync(device)
-            timed_start, data_wait, images_seen = time.perf_counter(), 0.0, 0
+            timed_start, data_wait, timed_images = time.perf_counter(), 0.0, 0
         data_wait += data_time
-        n_bad_dev += n_bad.sum()
-        lr = schedule.apply(optimizer, epoch, step)
-        if mixup is not None:
-            images, target = mixup(images, target)
-        with autocast():
-            output = model(images)
-            loss = criterion(output, target)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler.is_enabled():
-            scale_before = scaler._scale.clone() if scaler._scale is not None else None
-            scaler.scale(loss).backward()
-            if clip_grad_norm is not None:
-                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            if scale_before is not None:
-                skipped = (scaler._scale < scale_before).to(torch.int64)
-                skipped_total += skipped
-                skipped_run = (skipped_run + skipped) * skipped
-        else:
-            loss.backward()
-            if clip_grad_norm is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-            optimizer.step()
-            nonfinite |= ~torch.isfinite(loss.detach())
-        if model_ema is not None and step % ema_steps == 0:
-            model_ema.update_parameters(model)
-            if epoch < warmup_epochs:
-                model_ema.n_averaged.fill_(0)  # the reference resets the EMA during warmup
+        n_bad += bad.sum()
+        loss, output, target, lr = train_step(images, target, epoch, step)
         c1, c5 = utils.accuracy_counts(output.detach(), target, topk=(1, 5))
-        batch = images.shape[0]
-        logger.update(loss, c1, c5, batch, data_time)
-        images_seen += batch
+        logger.update(loss, c1, c5, images.shape[0], data_time)
+        timed_images += images.shape[0]
         step += 1
         run.global_step += 1
         if step % print_freq == 0 or step == num_steps:
-            check_training_health(nonfinite, skipped_run, epoch, step)
+            train_step.check_health(epoch, step)
         logger.maybe_print(step - 1, lr, global_batch)
         if checkpoint_interval and step % checkpoint_interval == 0 and step < num_steps:
-            check_training_health(nonfinite, skipped_run, epoch, step)
+            train_step.check_health(epoch, step)
             save_mid_epoch(step)
         t_wait = time.perf_counter()
-    check_training_health(nonfinite, skipped_run, epoch, step)
+    train_step.check_health(epoch, step)
     sync(device)
-    end = time.perf_counter()
-    if timed_start is None:  # too few steps to leave any out: time them all
-        timed_start, timed_images = epoch_start, images_seen
-    else:
-        timed_images = images_seen
-    elapsed = max(1e-9, end - timed_start)
+    elapsed = max(1e-9, time.perf_counter() - timed_start)
     # Loss and accuracy over all ranks' samples; throughput = all ranks' images over the slowest rank's time.
-    sums = utils.dist_sum([timed_images, float(n_bad_dev), logger.loss_sum.item(), logger.correct1.item(),
+    sums = utils.dist_sum([timed_images, float(n_bad), logger.loss_sum.item(), logger.correct1.item(),
                            logger.correct5.item(), logger.samples], dist_info, "cpu")
     slowest = utils.dist_max([elapsed], dist_info, "cpu")[0]
-    n = sums[5]
-    avg = ({"loss": sums[2] / n, "acc1": sums[3] * 100.0 / n, "acc5": sums[4] * 100.0 / n} if n
-           else {"loss": float("nan"), "acc1": float("nan"), "acc5": float("nan")})
-    if scaler.is_enabled() and skipped_total.item():
-        log(f"Epoch {epoch}: {skipped_total.item()} float16 steps skipped by the gradient scaler (inf/NaN gradients)")
+    n = sums[5] or float("nan")
+    skipped = train_step.take_skipped_count()
+    if skipped:
+        log(f"Epoch {epoch}: {skipped} float16 steps skipped by the gradient scaler (inf/NaN gradients)")
     return {
-        "stopped": stopped, "steps_done": step, "loss": avg["loss"], "acc1": avg["acc1"], "acc5": avg["acc5"],
-        "lr": optimizer.param_groups[0]["lr"], "imgs_per_sec": sums[0] / slowest,
-        "data_wait_frac": min(1.0, data_wait / elapsed), "bad_images": int(sums[1]),
+        "stopped": stopped, "steps_done": step, "loss": sums[2] / n, "acc1": sums[3] * 100.0 / n,
+        "acc5": sums[4] * 100.0 / n, "lr": train_step.optimizer.param_groups[0]["lr"],
+        "imgs_per_sec": sums[0] / slowest, "data_wait_frac": min(1.0, data_wait / elapsed),
+        "bad_images": int(sums[1]), "epoch_train_s": time.perf_counter() - epoch_start,
     }
-
-
-def check_training_health(nonfinite: torch.Tensor, skipped_run: torch.Tensor, epoch: int, step: int) -> None:
-    """Reads two device flags (a sync), so it runs every print_freq steps and before every checkpoint."""
-    if bool(nonfinite):
-        raise NonFiniteLossError(f"the loss became NaN or Inf at epoch {epoch}, step <= {step}; the last "
-                                 f"checkpoint is kept (try a lower --lr, --clip-grad-norm, or --amp-dtype bfloat16)")
-    if int(skipped_run) > MAX_CONSECUTIVE_SKIPPED_STEPS:
-        raise NonFiniteLossError(f"{int(skipped_run)} float16 steps in a row had inf/NaN gradients at epoch {epoch}, "
-                                 f"step {step}; the last checkpoint is kept (try --amp-dtype bfloat16 or a lower --lr)")
 
 
 def sync(device: torch.device) -> None:

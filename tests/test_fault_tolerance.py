@@ -106,6 +106,18 @@ def test_sigterm_mid_epoch_saves_exits_75_and_resume_is_bitwise_identical(det_da
     assert_same_weights(weights(out), straight)
 
 
+def test_sigusr1_to_the_whole_process_group_with_workers_saves_and_exits_75(det_data, tmp_path):
+    """SLURM signals every process of the job: DataLoader workers must ignore it while the main process saves."""
+    out = tmp_path / "out"
+    proc = start(train_cmd(det_args(det_data, out, "--workers", "2")))
+    wait_for(proc, "Epoch: [1] [2/")
+    os.killpg(proc.pid, signal.SIGUSR1)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, rest[-3000:]
+    assert f"preempted by signal {int(signal.SIGUSR1)}" in rest
+    assert torch.load(out / "checkpoint.pth", weights_only=True)["step_in_epoch"] >= 2
+
+
 def test_sigkill_at_random_points_never_corrupts_and_ends_identical(det_data, straight, tmp_path):
     """SIGKILL with a checkpoint written every step, so kills land during writes too."""
     out = tmp_path / "out"
