@@ -356,6 +356,7 @@ def run_training(args, device: torch.device, dist_info: utils.DistInfo, log) -> 
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: no copy in and out
+            static_graph=True,  # the same parameters take part in every step: DDP can plan its buckets once
         )
     train_model = torch.compile(model, mode=args.compile_mode) if args.compile else model
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
