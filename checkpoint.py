@@ -19,6 +19,8 @@ import sys
 
 import torch
 
+import utils
+
 LATEST = "checkpoint.pth"
 BEST = "model_best.pth"
 EPOCH_RE = re.compile(r"^model_(\d+)\.pth$")
@@ -28,37 +30,9 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be written or read; the message is one line for the user."""
 
 
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_save(obj, path: str) -> None:
-    """torch.save to a temp file beside `path`, fsync, then os.replace. On any failure (disk full) the temp
-    file is removed and the existing `path` is untouched."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(folder)
+    """torch.save through utils.atomic_write: the existing `path` survives any failure or kill."""
+    utils.atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _link_or_copy(src: str, dst: str) -> None:

@@ -17,7 +17,6 @@ import operator
 import os
 import random
 import sys
-import tempfile
 import time
 import warnings
 
@@ -25,6 +24,8 @@ import numpy as np
 import torch
 import torch.utils.data
 from PIL import Image, UnidentifiedImageError
+
+import utils
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -279,23 +280,9 @@ def _read_cache(cache_file):
 
 
 def _write_json_atomic(path, obj):
-    """Write JSON to a temp file next to ``path`` and rename it into place, so a crash or a
-    concurrent writer (several ranks building the same cache) never leaves a torn file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """A crash or a concurrent writer (several ranks building the same cache) never leaves a torn file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    utils.atomic_write(path, lambda f: json.dump(obj, f, separators=(",", ":")), binary=False)
 
 
 def build_file_list(split_dir: str, classes: list[str], cache_file: str | None = None) -> list[tuple[str, int]]:

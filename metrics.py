@@ -100,12 +100,13 @@ import os
 import platform
 import socket
 import sys
-import tempfile
 import threading
 import warnings
 from typing import Any
 
 import torch
+
+import utils
 
 SCHEMA_VERSION = 1
 
@@ -239,41 +240,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _fsync_dir(path: str) -> None:
-    """fsync a directory so a just-renamed entry survives a power loss (no-op where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see either the old or the new file, never half.
-
-    The temporary file lives in the same directory because os.replace is only atomic
-    within one filesystem.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_path)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
+    """Readers see either the old or the new file, never half (see utils.atomic_write)."""
+    utils.atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def read_jsonl(path: str) -> list[dict]:

@@ -345,7 +345,7 @@ def run_training(args, device: torch.device, dist_info: utils.DistInfo, log) -> 
                               ema_steps=args.model_ema_steps, ema_decay=args.model_ema_decay, epochs=args.epochs,
                               device=device)
 
-    if dist_info.is_main and args.output_dir:
+    if dist_info.is_main and args.output_dir and not args.test_only:
         ckpt_io.check_output_dir(args.output_dir, ckpt_io.estimate_checkpoint_bytes(model, 1, model_ema is not None))
         save_args(args, args.output_dir)
 

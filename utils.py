@@ -10,12 +10,53 @@ import math
 import os
 import random
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------------------
+def fsync_dir(folder: str) -> None:
+    """fsync a folder so a just-renamed entry survives a power loss (a no-op where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, write, *, binary: bool = True) -> None:
+    """Write a file so that readers see the old content or the new, never half of it.
+
+    `write(f)` fills a temporary file in the same folder (os.replace is atomic only within one file system),
+    which is flushed and fsync'd before it is renamed over `path`. On any failure (disk full, a kill between
+    two writes) the temporary file is removed and `path` is untouched."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(folder)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ def test_each_benchmark_mode_prints_its_json_last(tmp_path, mode):
 
 @pytest.mark.slow
 def test_benchmark_under_torchrun_reports_the_global_rate(tmp_path):
-    proc = run_torchrun(["--benchmark", "model", "--benchmark-steps", "3", "--benchmark-warmup", "1", *FAST_ARGS])
+    proc = run_torchrun(["--benchmark", "model", "--benchmark-steps", "3", "--benchmark-warmup", "1",
+                         "--output-dir", tmp_path, *FAST_ARGS])
     result = last_json(proc.stdout)
     assert result["world_size"] == 2 and result["imgs_per_sec"] > 0
     assert sum(1 for line in proc.stdout.splitlines() if line.startswith("{")) == 1  # rank 0 only
@@ -41,6 +42,6 @@ def test_compile_runs_a_training_step_on_cpu(tmp_path):
     if shutil.which("gcc") is None and shutil.which("cc") is None:
         pytest.skip("torch.compile on CPU needs a C compiler (gcc/cc), none is installed")
     proc = run_train(["--benchmark", "model", "--compile", "--benchmark-steps", "1", "--benchmark-warmup", "1",
-                      *FAST_ARGS], timeout=900)
+                      "--output-dir", tmp_path, *FAST_ARGS], timeout=900)
     result = last_json(proc.stdout)
     assert result["compile"] is True and result["imgs_per_sec"] > 0
