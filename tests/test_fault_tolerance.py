@@ -150,6 +150,23 @@ def test_torchrun_sigterm_saves_and_resume_matches_uninterrupted(det_data, strai
     assert_same_weights(weights(out), straight_ddp)
 
 
+def test_torchrun_resume_after_an_epoch_is_bitwise_identical(det_data, straight_ddp, tmp_path):
+    out = tmp_path / "out"
+    run_torchrun(det_args(det_data, out, "--epochs", "1"))
+    proc = run_torchrun(det_args(det_data, out, "--resume", "auto"))
+    assert "resumed from" in proc.stdout
+    assert_same_weights(weights(out), straight_ddp)
+
+
+def test_resume_with_another_world_size_warns_and_finishes(det_data, tmp_path):
+    out = tmp_path / "out"
+    run_train(det_args(det_data, out, "--epochs", "1"))
+    proc = run_torchrun(det_args(det_data, out, "--epochs", "2", "--resume", "auto"))
+    assert "warning: resuming with world size 2 and global batch 8 (checkpoint: 1, 4)" in proc.stdout
+    assert "scale --lr with the global batch" in proc.stdout
+    assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 1
+
+
 def test_killed_worker_is_restarted_by_torchrun_and_job_finishes(det_data, straight_ddp, tmp_path):
     out = tmp_path / "out"
     proc = start(torchrun_cmd(det_args(det_data, out, "--resume", "auto", "--checkpoint-interval", "2"),

@@ -151,3 +151,13 @@ def test_verify_data_reports_unreadable_file(tmp_path):
     proc = run_train(["--data-path", data, "--verify-data", "--workers", "1"], check=False)
     assert proc.returncode == 1
     assert "broken.JPEG" in proc.stdout + proc.stderr
+
+
+def test_sync_bn_on_cpu_under_torchrun_is_refused_before_starting(monkeypatch):
+    import train
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = train.get_args_parser().parse_args(["--data-path", "x", "--device", "cpu", "--sync-bn"])
+    with pytest.raises(train.ConfigError, match="--sync-bn needs CUDA"):
+        train.validate_args(args)
