@@ -159,6 +159,9 @@ def validate_args(args) -> None:
         raise ConfigError(f"--lr-scheduler {args.lr_scheduler!r} is not supported; choose steplr, cosineannealinglr or exponentiallr")
     if args.lr_warmup_method not in ("linear", "constant"):
         raise ConfigError(f"--lr-warmup-method {args.lr_warmup_method!r} is not supported; choose linear or constant")
+    launched = utils.read_launcher_env()
+    if args.sync_bn and not args.device.startswith("cuda") and launched and launched["world_size"] > 1:
+        raise ConfigError("--sync-bn needs CUDA (SyncBatchNorm runs on GPUs only); drop it for CPU runs")
     if args.amp and args.amp_dtype == "float16" and not args.device.startswith("cuda"):
         raise ConfigError("--amp-dtype float16 needs CUDA; on CPU --amp uses bfloat16")
     for name in ("batch_size", "epochs", "print_freq", "eval_interval", "benchmark_steps"):
@@ -384,7 +387,7 @@ def run_training(args, device: torch.device, dist_info: utils.DistInfo, log) -> 
     run = RunState(best_acc1=resume["best_acc1"], wall_offset=resume["wall_time_s"], run_start=run_start,
                    global_step=resume["global_step"], time_to_target_s=resume.get("time_to_target_s"),
                    epochs_to_target=resume.get("epochs_to_target"))
-    status = "finished"
+    status = "running"  # what summary.json says if the run dies with an error
     log(f"training {args.model}: {dist_info.world_size} process(es) x batch {args.batch_size} = global batch "
         f"{global_batch}, {steps_per_epoch} steps/epoch, epochs {start_epoch}..{args.epochs - 1}, seed {seed}")
 
@@ -444,6 +447,8 @@ def run_training(args, device: torch.device, dist_info: utils.DistInfo, log) -> 
                 status = "target_reached"
                 log(f"target Acc@1 {args.target_acc} reached at epoch {epoch} after {run.time_to_target_s:.1f}s")
                 break
+        else:
+            status = "finished"
     finally:
         if dist_info.is_main:
             sink.write_summary(build_summary(args, sink_records(args), run, dist_info, device, amp_dtype,
