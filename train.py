@@ -18,7 +18,6 @@ Exit codes: 0 done; 2 bad input or configuration (one line says what); 3 the los
 import argparse
 import contextlib
 import json
-import math
 import os
 import signal
 import sys
@@ -279,11 +278,10 @@ class PreemptionFlag:
 
     def __init__(self):
         self.signum = None
-        self._previous = {}
 
     def install(self):
         for sig in (signal.SIGTERM, signal.SIGUSR1):
-            self._previous[sig] = signal.signal(sig, self._handle)
+            signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, _frame):
@@ -356,19 +354,14 @@ def run_training(args, device: torch.device, dist_info: utils.DistInfo, log) -> 
     start_epoch, start_step = resume["epoch"], resume["step"]
 
     if dist_info.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: no copy in and out
-            static_graph=True,  # the same parameters take part in every step: DDP can plan its buckets once
-        )
+        model = wrap_ddp(model, device)
     train_model = torch.compile(model, mode=args.compile_mode) if args.compile else model
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     autocast = autocast_factory(device, amp_dtype)
     val_loader = data.make_device_loader(loaders.val, cfg, device, train=False, channels_last=args.channels_last)
 
     if args.test_only:
-        stats = evaluate(model_without_ddp, criterion, val_loader, device, autocast=autocast, dist_info=dist_info,
-                         log=log, print_freq=args.print_freq)
+        stats = evaluate(model_without_ddp, criterion, val_loader, device, autocast=autocast, dist_info=dist_info)
         log(f"Test: Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} ({stats['count']} images)")
         return 0
 
@@ -422,11 +415,11 @@ def run_training(args, device: torch.device, dist_info: utils.DistInfo, log) -> 
             val_stats = ema_stats = None
             if (epoch + 1) % args.eval_interval == 0 or last:
                 val_stats = evaluate(model_without_ddp, criterion, val_loader, device, autocast=autocast,
-                                     dist_info=dist_info, log=log, print_freq=args.print_freq)
+                                     dist_info=dist_info)
                 log(f"Test: Acc@1 {val_stats['acc1']:.3f} Acc@5 {val_stats['acc5']:.3f}")
                 if model_ema is not None:
                     ema_stats = evaluate(model_ema.module, criterion, val_loader, device, autocast=autocast,
-                                         dist_info=dist_info, log=log, print_freq=args.print_freq, header="Test: EMA")
+                                         dist_info=dist_info)
                     log(f"Test: EMA Acc@1 {ema_stats['acc1']:.3f} Acc@5 {ema_stats['acc5']:.3f}")
             is_best = val_stats is not None and val_stats["acc1"] > run.best_acc1
             if is_best:
@@ -482,10 +475,17 @@ class RunState:
         self.global_step = global_step
         self.time_to_target_s, self.epochs_to_target = time_to_target_s, epochs_to_target
         self.epoch_times: list[float] = []
-        self.nonfinite_at = None
 
     def wall_time(self) -> float:
         return self.wall_offset + time.time() - self.run_start
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: no copy in and out
+        static_graph=True,  # the same parameters take part in every step: DDP can plan its buckets once
+    )
 
 
 def setup_determinism(deterministic: bool, device: torch.device) -> None:
@@ -593,7 +593,7 @@ def train_one_epoch(train_step: TrainStep, data_loader, device, epoch, *, start_
     train_step.model.train()
     logger = utils.StepLogger(f"Epoch: [{epoch}]", num_steps, print_freq, device, dist_info.is_main)
     warmup_steps = min(10, max(0, (num_steps - start_step) // 5))
-    epoch_start = timed_start = time.perf_counter()
+    timed_start = time.perf_counter()
     data_wait, timed_images = 0.0, 0
     n_bad = torch.zeros((), dtype=torch.int64)
     stopped = False
@@ -642,7 +642,7 @@ def train_one_epoch(train_step: TrainStep, data_loader, device, epoch, *, start_
         "stopped": stopped, "steps_done": step, "loss": sums[2] / n, "acc1": sums[3] * 100.0 / n,
         "acc5": sums[4] * 100.0 / n, "lr": train_step.optimizer.param_groups[0]["lr"],
         "imgs_per_sec": sums[0] / slowest, "data_wait_frac": min(1.0, data_wait / elapsed),
-        "bad_images": int(sums[1]), "epoch_train_s": time.perf_counter() - epoch_start,
+        "bad_images": int(sums[1]),
     }
 
 
@@ -654,7 +654,7 @@ def sync(device: torch.device) -> None:
 # ------------------------------------------------------------------------------------------------------------
 # Evaluation: every validation image exactly once, at any world size
 # ------------------------------------------------------------------------------------------------------------
-def evaluate(model, criterion, data_loader, device, *, autocast, dist_info, log, print_freq, header="Test:") -> dict:
+def evaluate(model, criterion, data_loader, device, *, autocast, dist_info) -> dict:
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct1 = torch.zeros((), dtype=torch.int64, device=device)
@@ -821,7 +821,7 @@ def run_benchmark(args, device, dist_info, log) -> int:
         train_loader = data.make_device_loader(loaders.train, cfg, device, train=True,
                                                channels_last=args.channels_last)
         batches = endless(train_loader, loaders.train_sampler)
-    step_fn = None
+    train_step = None
     if args.benchmark in ("model", "full"):
         model = build_model(args.model, None, num_classes, sync_bn=False, channels_last=args.channels_last,
                             device=device)
@@ -829,21 +829,14 @@ def run_benchmark(args, device, dist_info, log) -> int:
                                     weight_decay=args.weight_decay, norm_weight_decay=None, bias_weight_decay=None,
                                     transformer_embedding_decay=None, device=device)
         if dist_info.distributed:
-            model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
+            model = wrap_ddp(model, device)
         if args.compile:
             model = torch.compile(model, mode=args.compile_mode)
-        scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-        criterion = nn.CrossEntropyLoss()
+        # The very step training runs, so the figure is the trainer's, not a stripped-down loop's.
+        train_step = TrainStep(model, nn.CrossEntropyLoss(), optimizer, schedule=build_lr_schedule(args, 1),
+                               scaler=torch.amp.GradScaler("cuda", enabled=use_scaler), autocast=autocast,
+                               device=device)
         model.train()
-
-        def step_fn(images, target):
-            with autocast():
-                loss = criterion(model(images), target)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
 
     if batches is None:
         batches = synthetic_batches(args.batch_size, args.train_crop_size, num_classes, device, args.channels_last)
@@ -856,8 +849,8 @@ def run_benchmark(args, device, dist_info, log) -> int:
             utils.barrier(dist_info)
             start = time.perf_counter()
         images, target, _ = next(batches)
-        if step_fn is not None:
-            step_fn(images, target)
+        if train_step is not None:
+            train_step(images, target, 0, 0)
         if i >= args.benchmark_warmup:
             images_timed += images.shape[0]
     sync(device)
