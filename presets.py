@@ -71,7 +71,26 @@ def _to_float_and_normalize(transforms, use_v2: bool, mean, std) -> list:
     return [to_float, transforms.Normalize(mean=mean, std=std)]
 
 
-class ClassificationPresetTrain:
+class _Preset:
+    """What both presets share: the composed pipeline, calling it, and a readable repr."""
+
+    def _compose(self, transforms, ops, backend, use_v2):
+        if use_v2:
+            # Strip any tv_tensors wrapper (e.g. if a caller passes a tv_tensors.Image)
+            # so callers always get a plain tensor.
+            ops.append(transforms.ToPureTensor())
+        self.backend = backend
+        self.use_v2 = bool(use_v2)
+        self.transforms = transforms.Compose(ops)
+
+    def __call__(self, img):
+        return self.transforms(img)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(backend={self.backend!r}, use_v2={self.use_v2}, {self.transforms!r})"
+
+
+class ClassificationPresetTrain(_Preset):
     """Training preprocessing: crop, flip, optional auto-augment, normalize, optional erasing."""
 
     def __init__(self, *, crop_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
@@ -101,22 +120,10 @@ class ClassificationPresetTrain:
             # Erasing runs after normalization, as in the reference, so erased
             # pixels are zero-mean noise/zeros in normalized space.
             ops.append(transforms.RandomErasing(p=random_erase_prob))
-        if use_v2:
-            # Strip any tv_tensors wrapper (e.g. if a caller passes a tv_tensors.Image)
-            # so callers always get a plain tensor.
-            ops.append(transforms.ToPureTensor())
-        self.backend = backend
-        self.use_v2 = bool(use_v2)
-        self.transforms = transforms.Compose(ops)
-
-    def __call__(self, img):
-        return self.transforms(img)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(backend={self.backend!r}, use_v2={self.use_v2}, {self.transforms!r})"
+        self._compose(transforms, ops, backend, use_v2)
 
 
-class ClassificationPresetEval:
+class ClassificationPresetEval(_Preset):
     """Evaluation preprocessing: resize the shorter side, center crop, normalize."""
 
     def __init__(self, *, crop_size, resize_size=256, mean=IMAGENET_MEAN, std=IMAGENET_STD,
@@ -132,14 +139,4 @@ class ClassificationPresetEval:
         if backend == "pil":
             ops.append(transforms.PILToTensor())
         ops.extend(_to_float_and_normalize(transforms, use_v2, mean, std))
-        if use_v2:
-            ops.append(transforms.ToPureTensor())
-        self.backend = backend
-        self.use_v2 = bool(use_v2)
-        self.transforms = transforms.Compose(ops)
-
-    def __call__(self, img):
-        return self.transforms(img)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(backend={self.backend!r}, use_v2={self.use_v2}, {self.transforms!r})"
+        self._compose(transforms, ops, backend, use_v2)
