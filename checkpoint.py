@@ -88,7 +88,9 @@ def epoch_checkpoints(output_dir: str) -> list[tuple[int, str]]:
 
 
 def prune_epoch_checkpoints(output_dir: str, keep: int) -> None:
-    for _, path in epoch_checkpoints(output_dir)[: max(0, len(epoch_checkpoints(output_dir)) - keep)]:
+    """Delete all but the newest ``keep`` model_{epoch}.pth files (model_best.pth is a separate link)."""
+    existing = epoch_checkpoints(output_dir)
+    for _, path in existing[: max(0, len(existing) - keep)]:
         try:
             os.remove(path)
         except OSError:
