@@ -4,7 +4,8 @@ and the device-side stage for every backend, and `DeviceLoader` is what the trai
 Backends (--backend):
   pil, tensor   torchvision's reference presets: decode, augment, convert to float and normalize on the CPU
   fast          uint8 end to end on the CPU (decode + crop-resize in one step, flip), 4x fewer bytes to copy;
-                float conversion, normalization and channels_last happen on the device
+                float conversion, normalization and channels_last happen on the device. Training JPEGs are
+                decoded only where the crop lies when the region decoder can be built (--roi-decode, jpeg_roi.py)
 With --decode-device cuda the workers only read file bytes and sample crop parameters; JPEGs are decoded in
 batches on the GPU (nvJPEG), cropped, resized and flipped there. The same code runs with the CPU as the device.
 """
@@ -20,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import datasets
+import jpeg_roi
 import presets
 import sampler as samplers
 import transforms
@@ -48,6 +50,7 @@ class DataConfig:
     ra_sampler: bool = False
     ra_reps: int = 3
     seed: int = 0
+    roi_decode: str = "auto"  # --roi-decode: decode only each training crop's region (jpeg_roi.py), fast backend
     bad_images: str = "error"
     cache_dataset: bool = False
     prefetch_factor: int = 2
@@ -61,6 +64,8 @@ class Loaders:
     classes: list
     train_dataset: object
     val_dataset: object
+    roi_decode: bool = False  # whether training JPEGs are decoded crop region only
+    decode_note: str | None = None  # one line for the log: which JPEG decode the fast backend uses and why
 
 
 class _PresetOnBytes:
@@ -112,8 +117,9 @@ def collate_encoded(batch):
     return items, targets, n_bad
 
 
-def build_transforms(cfg: DataConfig, train: bool):
-    """The per-sample transform for a split, for the chosen backend (one if/elif, a ValueError otherwise)."""
+def build_transforms(cfg: DataConfig, train: bool, roi_library: str | None = None):
+    """The per-sample transform for a split, for the chosen backend (one if/elif, a ValueError otherwise).
+    ``roi_library`` is the built region decoder (see resolve_roi_decode) for the fast training transform."""
     interp = presets.InterpolationMode(cfg.interpolation)
     if cfg.decode_on_device:
         if train:
@@ -134,7 +140,8 @@ def build_transforms(cfg: DataConfig, train: bool):
         return _PresetOnBytes(preset)
     if cfg.backend == "fast":
         if train:
-            return transforms.FastTrainTransform(crop_size=cfg.train_crop_size, interpolation=cfg.interpolation)
+            return transforms.FastTrainTransform(crop_size=cfg.train_crop_size, interpolation=cfg.interpolation,
+                                                 roi_library=roi_library)
         return transforms.FastEvalTransform(
             crop_size=cfg.val_crop_size, resize_size=cfg.val_resize_size, interpolation=cfg.interpolation
         )
@@ -151,7 +158,15 @@ def _cache_file(split_dir: str, enabled: bool) -> str | None:
     return os.path.join(folder, f"{key}-{os.path.basename(os.path.normpath(split_dir))}.json")
 
 
-def build_datasets(cfg: DataConfig, need_train: bool):
+def resolve_roi_decode(cfg: DataConfig) -> tuple[str | None, str | None]:
+    """(region decoder library or None, log line or None). Only the fast backend's CPU training transform
+    crops from a decode; the library is built here, in the main process, before any worker starts."""
+    if cfg.backend != "fast" or cfg.decode_on_device:
+        return None, None
+    return jpeg_roi.prepare(cfg.roi_decode)
+
+
+def build_datasets(cfg: DataConfig, need_train: bool, roi_library: str | None = None):
     """Check the layout once (one-line DataError on anything wrong), then list the files of each split."""
     dirs = datasets.check_layout(cfg.data_path)
     classes = datasets.find_classes(dirs["val"])
@@ -159,7 +174,8 @@ def build_datasets(cfg: DataConfig, need_train: bool):
     for split in (("train", "val") if need_train else ("val",)):
         samples = datasets.build_file_list(dirs[split], classes, cache_file=_cache_file(dirs[split], cfg.cache_dataset))
         out[split] = datasets.ImageFolderDataset(
-            samples, classes, build_transforms(cfg, train=split == "train"), bad_images=cfg.bad_images
+            samples, classes, build_transforms(cfg, train=split == "train", roi_library=roi_library),
+            bad_images=cfg.bad_images,
         )
     return out, classes
 
@@ -168,7 +184,8 @@ def build_data_loaders(cfg: DataConfig, *, rank: int, world_size: int, need_trai
     """Datasets, samplers and DataLoaders for training and evaluation."""
     if cfg.backend not in BACKENDS:
         raise ValueError(f"--backend {cfg.backend!r} is not supported; choose one of {', '.join(BACKENDS)}")
-    splits, classes = build_datasets(cfg, need_train)
+    roi_library, decode_note = resolve_roi_decode(cfg) if need_train else (None, None)
+    splits, classes = build_datasets(cfg, need_train, roi_library)
     encoded = cfg.decode_on_device
     common = dict(
         num_workers=cfg.workers,
@@ -200,7 +217,8 @@ def build_data_loaders(cfg: DataConfig, *, rank: int, world_size: int, need_trai
     val_sampler = samplers.ExactEvalSampler(len(splits["val"]), num_replicas=world_size, rank=rank)
     val_loader = DataLoader(splits["val"], batch_size=cfg.batch_size, sampler=val_sampler, drop_last=False,
                             generator=torch.Generator().manual_seed(cfg.seed), **common)
-    return Loaders(train_loader, val_loader, train_sampler, classes, splits.get("train"), splits["val"])
+    return Loaders(train_loader, val_loader, train_sampler, classes, splits.get("train"), splits["val"],
+                   roi_decode=roi_library is not None, decode_note=decode_note)
 
 
 class DeviceLoader:

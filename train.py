@@ -30,6 +30,7 @@ import torchvision
 import checkpoint as ckpt_io
 import data
 import datasets
+import jpeg_roi
 import metrics
 import transforms
 import utils
@@ -59,6 +60,9 @@ def get_args_parser(add_help=True):
     g.add_argument("--use-v2", action="store_true", help="use torchvision.transforms.v2 in the pil/tensor presets")
     g.add_argument("--decode-device", default="cpu", choices=["cpu", "cuda"],
                    help="cuda: workers only read bytes; JPEGs are decoded on the GPU in batches (nvJPEG)")
+    g.add_argument("--roi-decode", default="auto", choices=["auto", "on", "off"],
+                   help="fast backend: decode only each training crop's region of the JPEG (a small C library built "
+                        "on first use); auto falls back to whole-image decoding when it cannot be built, on fails")
     g.add_argument("--bad-images", default="error", choices=["error", "skip"],
                    help="an unreadable image stops the run (error) or is replaced by another and counted (skip)")
     g.add_argument("--verify-data", action="store_true", help="scan train/ and val/ for unreadable images and exit")
@@ -152,6 +156,8 @@ def validate_args(args) -> None:
         raise ConfigError("--decode-device cuda needs --device cuda")
     if args.backend not in data.BACKENDS:
         raise ConfigError(f"--backend {args.backend!r} is not supported; choose one of {', '.join(data.BACKENDS)}")
+    if args.roi_decode == "on" and (args.backend != "fast" or args.decode_device == "cuda"):
+        raise ConfigError("--roi-decode on needs --backend fast with CPU decoding (--decode-device cpu)")
     if args.opt not in ("sgd", "sgd_nesterov", "rmsprop", "adamw"):
         raise ConfigError(f"--opt {args.opt!r} is not supported; choose sgd, sgd_nesterov, rmsprop or adamw")
     if args.lr_scheduler not in ("steplr", "cosineannealinglr", "exponentiallr"):
@@ -265,7 +271,7 @@ def data_config(args, seed: int, workers: int) -> data.DataConfig:
         val_resize_size=args.val_resize_size, val_crop_size=args.val_crop_size, interpolation=args.interpolation,
         auto_augment=args.auto_augment, ra_magnitude=args.ra_magnitude, augmix_severity=args.augmix_severity,
         random_erase=args.random_erase, use_v2=args.use_v2, ra_sampler=args.ra_sampler, ra_reps=args.ra_reps,
-        seed=seed, bad_images=args.bad_images, cache_dataset=args.cache_dataset,
+        seed=seed, roi_decode=args.roi_decode, bad_images=args.bad_images, cache_dataset=args.cache_dataset,
     )
 
 
@@ -326,6 +332,8 @@ def run_training(args, device: torch.device, dist_info: utils.DistInfo, log) -> 
     cfg = data_config(args, seed, workers)
     loaders = data.build_data_loaders(cfg, rank=dist_info.rank, world_size=dist_info.world_size,
                                       need_train=not args.test_only)
+    if loaders.decode_note:
+        log(loaders.decode_note)
     num_classes = len(loaders.classes)
     model = build_model(args.model, args.weights, num_classes, sync_bn=args.sync_bn and dist_info.distributed,
                         channels_last=args.channels_last, device=device)
@@ -814,9 +822,13 @@ def run_benchmark(args, device, dist_info, log) -> int:
     workers = args.workers if args.workers is not None else default_workers(dist_info.local_world_size)
     num_classes = 1000
     batches = None
+    roi_decode = None
     if args.benchmark in ("data", "full"):
         cfg = data_config(args, seed, workers)
         loaders = data.build_data_loaders(cfg, rank=dist_info.rank, world_size=dist_info.world_size)
+        if loaders.decode_note:
+            log(loaders.decode_note)
+        roi_decode = loaders.roi_decode
         num_classes = len(loaders.classes)
         train_loader = data.make_device_loader(loaders.train, cfg, device, train=True,
                                                channels_last=args.channels_last)
@@ -865,6 +877,7 @@ def run_benchmark(args, device, dist_info, log) -> int:
         "memory_format": "channels_last" if args.channels_last else "contiguous", "compile": args.compile,
         "backend": args.backend if args.benchmark != "model" else None,
         "decode_device": args.decode_device if args.benchmark != "model" else None,
+        "roi_decode": roi_decode,
         "crop_size": args.train_crop_size, "workers": workers if args.benchmark != "model" else None,
         "seconds": slowest,
     }
@@ -901,7 +914,7 @@ def cli(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         return main(args)
-    except (ConfigError, datasets.DataError, ckpt_io.CheckpointError) as e:
+    except (ConfigError, datasets.DataError, ckpt_io.CheckpointError, jpeg_roi.RoiUnavailable) as e:
         print(f"error: {last_line(e)}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
     except NonFiniteLossError as e:

@@ -12,9 +12,11 @@ Honesty rules that keep the speed-up comparable with the reference:
 * crop parameters come from :func:`sample_crop_params`, which draws from torch's global RNG
   exactly like ``torchvision.transforms.RandomResizedCrop.get_params`` (same seed, same crop);
 * resizing is antialiased bilinear (or bicubic), as PIL does it;
-* the only place we decode less than the whole image is libjpeg's DCT-domain downscaling
-  (1/2, 1/4, 1/8), and only when the decoded crop keeps 1.5x the output resolution, so
-  the final antialiased resample still does the low-pass filtering.
+* we decode less than the whole image in two ways only: the region decoder (jpeg_roi.py)
+  decodes just the crop's pixels, bit-identical to the same crop of a full decode; and
+  libjpeg's DCT-domain downscaling (1/2, 1/4, 1/8) is used only when the decoded crop
+  keeps 1.5x the output resolution, so the final antialiased resample still does the
+  low-pass filtering.
 
 The ``--decode-device cuda`` path splits the same work differently: workers only read
 bytes and sample parameters (:class:`EncodedTrainTransform`), and :class:`DeviceDecoder`
@@ -30,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+import jpeg_roi
 
 INTERPOLATIONS = ("bilinear", "bicubic")
 
@@ -294,29 +298,70 @@ def _load_reduced_jpeg(data, scale):
     return image, width / drafted[1][2]
 
 
-def _resize_reduced(image, scale, box, size, interpolation):
+def _resize_reduced(image, scale, box, size, interpolation, origin=(0, 0)):
     """Resample ``box`` (full-resolution coordinates) of an image decoded at 1/scale to
-    ``size`` (h, w); returns a uint8 HWC array.
+    ``size`` (h, w); returns a uint8 HWC array. ``origin`` is where the decoded image's
+    top-left pixel sits in full-resolution coordinates (not 0 for a decoded region).
 
     PIL takes the box in fractional pixels, so the sampling grid lands exactly where it
     would on the full-resolution image; rounding the box to whole decoded pixels instead
     shifts it by up to scale/2 original pixels, a visible misalignment on sharp edges.
     """
-    left, top, right, bottom = (v / scale for v in box)
+    left, top, right, bottom = ((v - origin[i % 2]) / scale for i, v in enumerate(box))
     box = (left, top, min(right, image.size[0]), min(bottom, image.size[1]))
     resample = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
     out = image.resize((size[1], size[0]), resample, box=box)
     return np.array(out, dtype=np.uint8, copy=True)
 
 
+def roi_decode_crop(library, data, shape, box, size):
+    """Decode only what the crop ``box`` = (top, left, h, w) of a JPEG of ``shape`` (H, W) needs:
+    (HWC uint8 region, scale, (x0, y0)), or None when the region decoder declines.
+
+    At scale 1 the region is exactly the crop. When the crop is large enough for DCT-domain
+    downscaling (see DCT_REDUCING_GAP) it is decoded at 1/scale and widened to whole decoded
+    pixels; (x0, y0) is then its top-left corner in full-resolution pixels.
+    """
+    decoder = jpeg_roi.open_decoder(library)
+    top, left, h, w = box
+    scale = _dct_scale(min(h, w), size)
+    if scale == 1:
+        region = decoder.decode(data, left, top, w, h)
+        return None if region is None else (region, 1, (left, top))
+    # libjpeg's scaled size is ceil(W / scale) x ceil(H / scale).
+    scaled_h, scaled_w = -(-shape[0] // scale), -(-shape[1] // scale)
+    x0, y0 = left // scale, top // scale
+    x1, y1 = min(scaled_w, -(-(left + w) // scale)), min(scaled_h, -(-(top + h) // scale))
+    region = decoder.decode(data, x0, y0, x1 - x0, y1 - y0, scale)
+    return None if region is None else (region, scale, (x0 * scale, y0 * scale))
+
+
+def _roi_crop_resize(library, data, shape, box, size, interpolation):
+    """The crop ``box`` resized to size x size from a region decode; None when the region decoder
+    declines (the caller then decodes in full). At scale 1 this equals crop-then-resize of a full
+    decode; at reduced scale PIL resamples the fractional box, as _resize_reduced does for a whole
+    reduced image."""
+    decoded = roi_decode_crop(library, data, shape, box, size)
+    if decoded is None:
+        return None
+    region, scale, origin = decoded
+    if scale == 1:
+        return resize_uint8(_hwc_to_chw(region), (size, size), interpolation)
+    top, left, h, w = box
+    array = _resize_reduced(Image.fromarray(region), scale, (left, top, left + w, top + h), (size, size),
+                            interpolation, origin=origin)
+    return _hwc_to_chw(array)
+
+
 def _open_for_crop(data, path):
-    """(height, width, decoded): colour JPEGs get only their header read (decoded is None,
-    so the caller can pick a reduced-size decode); anything else is decoded by PIL here."""
+    """(height, width, decoded): colour and grayscale JPEGs get only their header read (decoded
+    is None, so the caller can pick a region or reduced-size decode); anything else is decoded
+    by PIL here."""
     header = read_jpeg_header(data)
-    if header is not None and header[2] == 3:
+    if header is not None and header[2] in (1, 3):
         _check_pixel_limit(header[0], header[1], path)
         return header[0], header[1], None
-    # Grayscale/CMYK JPEGs and other formats: PIL handles every colour model; they are rare.
+    # CMYK/YCCK JPEGs and other formats: PIL handles every colour model; they are rare.
     image = _decode_pil_tensor(data, path)
     return image.shape[1], image.shape[2], image
 
@@ -378,38 +423,49 @@ class FastTrainTransform:
     """bytes -> uint8 (3, crop, crop): RandomResizedCrop + horizontal flip, no float work.
 
     Random draws (crop, then flip) match the reference pipeline's, so with the same seed
-    both produce the same crop of the same image. Crops at least 3x (6x, 12x) the output
-    size are decoded at 1/2 (1/4, 1/8) scale directly by libjpeg (see DCT_REDUCING_GAP).
+    both produce the same crop of the same image. With ``roi_library`` only the crop's
+    region of a colour or grayscale JPEG is decoded (jpeg_roi.py). Crops at least 3x (6x,
+    12x) the output size are decoded at 1/2 (1/4, 1/8) scale directly by libjpeg (see
+    DCT_REDUCING_GAP).
     """
 
     def __init__(self, *, crop_size, interpolation="bilinear", hflip_prob=0.5, scale=(0.08, 1.0),
-                 ratio=(3 / 4, 4 / 3)):
+                 ratio=(3 / 4, 4 / 3), roi_library=None):
         self.crop_size = _check_size("crop_size", crop_size)
         self.interpolation = _check_interpolation(interpolation)
         self.hflip_prob = _check_prob("hflip_prob", hflip_prob)
         self.scale = _check_range("scale", scale)
         self.ratio = _check_range("ratio", ratio)
+        # The built region decoder (jpeg_roi.prepare), or None to decode whole images. A path, not a
+        # handle: the transform is pickled into the DataLoader workers.
+        self.roi_library = roi_library
 
     def __call__(self, data, path):
         height, width, image = _open_for_crop(data, path)
         top, left, h, w = sample_crop_params(height, width, self.scale, self.ratio)
         flip = _draw_flip(self.hflip_prob)
         size = self.crop_size
-        reduced = _load_reduced_jpeg(data, _dct_scale(min(h, w), size)) if image is None else None
-        if reduced is not None:
-            array = _resize_reduced(*reduced, (left, top, left + w, top + h), (size, size), self.interpolation)
-            out = _hwc_to_chw(array)
-        else:
-            if image is None:
-                image = _full_jpeg(data, path, height, width)
-            out = _crop_resize(image, top, left, h, w, size, self.interpolation)
+        out = None
+        if image is None and self.roi_library is not None:
+            out = _roi_crop_resize(self.roi_library, data, (height, width), (top, left, h, w), size,
+                                   self.interpolation)
+        if out is None:
+            reduced = _load_reduced_jpeg(data, _dct_scale(min(h, w), size)) if image is None else None
+            if reduced is not None:
+                array = _resize_reduced(*reduced, (left, top, left + w, top + h), (size, size), self.interpolation)
+                out = _hwc_to_chw(array)
+            else:
+                if image is None:
+                    image = _full_jpeg(data, path, height, width)
+                out = _crop_resize(image, top, left, h, w, size, self.interpolation)
         if flip:
             out = out.flip(-1)  # keeps the input's strides: channels-last for the PIL path
         return out.contiguous()
 
     def __repr__(self):
         return (f"{type(self).__name__}(crop_size={self.crop_size}, interpolation={self.interpolation!r}, "
-                f"hflip_prob={self.hflip_prob}, scale={self.scale}, ratio={self.ratio})")
+                f"hflip_prob={self.hflip_prob}, scale={self.scale}, ratio={self.ratio}, "
+                f"roi_decode={self.roi_library is not None})")
 
 
 class FastEvalTransform:
@@ -613,12 +669,15 @@ def _per_channel(values, device, dtype):
 def _scale_shift_into(out, batch, scale, shift, *, one_pass):
     """out = batch * scale + shift. On GPUs one kernel reads uint8 and writes float (one
     pass over memory). On the CPU, torch's mixed-dtype addcmul is slower than a plain
-    conversion followed by two in-place vectorised ops, so that is used there."""
+    conversion followed by two in-place vectorised ops, so that is used there, one image
+    at a time: an image's floats (0.6 MB at 224 px) stay in cache across the three passes,
+    a whole batch's do not."""
     if one_pass:
         torch.addcmul(shift, batch, scale, out=out)
-    else:
-        out.copy_(batch)
-        out.mul_(scale).add_(shift)
+        return
+    for image, result in zip(batch, out):
+        result.copy_(image)
+        result.mul_(scale[0]).add_(shift[0])
 
 
 class _MixUpCutMix:

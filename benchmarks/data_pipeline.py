@@ -13,11 +13,12 @@ crops (both draw from torch's RNG identically and each batch reseeds it), and th
 per-batch collation (torch.stack, as the DataLoader does). The two sides take turns batch
 by batch so that changes in machine load hit both; each round's ratio is total time over
 total time, and the median over rounds is reported, for CPU time (the per-core cost) and
-wall time. The full-size JPEG decode alone (libjpeg-turbo via torchvision.io) is timed the
-same way: it is the floor of our per-image cost whenever the crop is too small for
-DCT-domain downscaling, so its ratio to the reference bounds what any pipeline that
-decodes whole images can reach. A second measurement runs both pipelines through a real
-DataLoader with --workers processes.
+wall time. The decode alone, as our pipeline does it (only the crop's region with
+--roi-decode, see jpeg_roi.py; the whole image otherwise), is timed the same way: it is
+the floor of our per-image cost, so its ratio to the reference bounds what our pipeline
+can reach with that decoder. With the region decoder in use, our pipeline decoding whole
+images is timed as well, to show what region decoding alone buys. A second measurement
+runs both pipelines through a real DataLoader with --workers processes.
 
 Without --data, ImageNet-like JPEGs are generated into a temporary folder: ~500x375
 windows of the sample photographs scikit-image (or scikit-learn) ships, quality 75-95, with
@@ -182,13 +183,26 @@ def finish_reference(batch):
     return batch
 
 
-def decode_only(data, path):
-    """Just the full-size decode our pipeline starts with: the floor of its per-image cost
-    whenever libjpeg cannot decode at reduced scale (crops under 3x the output size)."""
-    height, width, image = _transforms()._open_for_crop(data, path)
-    if image is None:
-        image = _transforms()._full_jpeg(data, path, height, width)
-    return image[:, 0, 0]  # a token result, so that batches still stack
+class DecodeOnly:
+    """Just the decode our pipeline starts with, for the same crop: the region of interest
+    when that decoder is in use (at the same DCT scale), the whole image otherwise. It is
+    the floor of our per-image cost, so its ratio to the reference bounds what our
+    pipeline can reach with that decoder."""
+
+    def __init__(self, crop_size, roi_library):
+        self.crop_size, self.roi_library = crop_size, roi_library
+
+    def __call__(self, data, path):
+        transforms = _transforms()
+        height, width, image = transforms._open_for_crop(data, path)
+        box = transforms.sample_crop_params(height, width)
+        if image is None and self.roi_library is not None:
+            decoded = transforms.roi_decode_crop(self.roi_library, data, (height, width), box, self.crop_size)
+            if decoded is not None:
+                return torch.from_numpy(decoded[0][0, 0].copy())  # a token result, so that batches still stack
+        if image is None:
+            image = transforms._full_jpeg(data, path, height, width)
+        return image[:, 0, 0]
 
 
 def finish_fast(batch):
@@ -289,6 +303,8 @@ def parse_args(argv=None):
     parser.add_argument("--data", help="an ImageFolder to take images from instead of generating them")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--roi-decode", default="auto", choices=["auto", "on", "off"],
+                        help="region-of-interest JPEG decode in our pipeline, as train.py's option (default auto)")
     args = parser.parse_args(argv)
     if args.num_images < args.batch_size or args.rounds < 1:
         parser.error("--num-images must be at least --batch-size, and --rounds at least 1")
@@ -298,9 +314,16 @@ def parse_args(argv=None):
 def measure(args, paths):
     blobs = read_all(paths)
     reference = ReferenceSample(args.crop_size)
-    fast = _transforms().FastTrainTransform(crop_size=args.crop_size)
+    import jpeg_roi
+
+    roi_library, roi_message = jpeg_roi.prepare(args.roi_decode)
+    print(roi_message)
+    fast = _transforms().FastTrainTransform(crop_size=args.crop_size, roi_library=roi_library)
     sides = {"reference": (reference, finish_reference), "fast": (fast, finish_fast),
-             "decode_only": (decode_only, finish_reference)}
+             "decode_only": (DecodeOnly(args.crop_size, roi_library), finish_reference)}
+    if roi_library is not None:
+        # The same pipeline decoding whole images: what region-of-interest decoding alone buys.
+        sides["fast_whole_decode"] = (_transforms().FastTrainTransform(crop_size=args.crop_size), finish_fast)
     # Warm-up (allocator, lazy imports), not timed.
     run_round(sides, blobs[: args.batch_size], paths[: args.batch_size], args.batch_size, args.seed, False)
     wall_rates, cpu_rates = {name: [] for name in sides}, {name: [] for name in sides}
@@ -326,11 +349,17 @@ def measure(args, paths):
         "fast_img_per_wall_s": med(wall_rates["fast"]),
         "ratio_wall": med(wall_ratios),
         "ratio_wall_per_round": [round(x, 2) for x in wall_ratios],
+        "roi_decode": roi_library is not None,
         "decode_only_img_per_cpu_s": med(cpu_rates["decode_only"]),
         "ratio_bound_cpu": round(med(cpu_rates["decode_only"]) / med(cpu_rates["reference"]), 2),
     }
+    if "fast_whole_decode" in sides:
+        result["fast_whole_decode_img_per_cpu_s"] = med(cpu_rates["fast_whole_decode"])
+        result["ratio_cpu_whole_decode"] = round(result["fast_whole_decode_img_per_cpu_s"]
+                                                 / result["reference_img_per_cpu_s"], 2)
     if args.workers > 0:
         sides.pop("decode_only")
+        sides.pop("fast_whole_decode", None)
         loader_wall, loader_cpu = {name: [] for name in sides}, {name: [] for name in sides}
         for r in range(2):
             order = list(sides) if r % 2 == 0 else list(reversed(sides))
@@ -371,8 +400,12 @@ def main(argv=None):
           f"{result['fast_img_per_wall_s']:8.1f} img/s wall")
     print(f"ratio per core (CPU time): {result['ratio_cpu']:.2f}x (rounds: {result['ratio_cpu_per_round']})")
     print(f"ratio wall clock:          {result['ratio_wall']:.2f}x (rounds: {result['ratio_wall_per_round']})")
-    print(f"full-size JPEG decode alone: {result['decode_only_img_per_cpu_s']:.1f} img per CPU second, "
-          f"{result['ratio_bound_cpu']:.2f}x the reference: the bound for any pipeline that decodes in full")
+    if "fast_whole_decode_img_per_cpu_s" in result:
+        print(f"fast, decoding whole images:  {result['fast_whole_decode_img_per_cpu_s']:8.1f} img per CPU second, "
+              f"{result['ratio_cpu_whole_decode']:.2f}x the reference")
+    what = "crop-region" if result["roi_decode"] else "full-size"
+    print(f"{what} JPEG decode alone: {result['decode_only_img_per_cpu_s']:.1f} img per CPU second, "
+          f"{result['ratio_bound_cpu']:.2f}x the reference: the bound for our pipeline with this decoder")
     if "loader_ratio_wall" in result:
         print(f"DataLoader, {result['loader_workers']} workers, {result['loader_images']} samples: "
               f"reference {result['loader_reference_img_per_wall_s']:.1f} img/s, "
