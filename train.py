@@ -422,13 +422,8 @@ def run_training(args, device: torch.device, dist_info: utils.DistInfo, log) -> 
             last = epoch == args.epochs - 1
             val_stats = ema_stats = None
             if (epoch + 1) % args.eval_interval == 0 or last:
-                val_stats = evaluate(model_without_ddp, criterion, val_loader, device, autocast=autocast,
-                                     dist_info=dist_info)
-                log(f"Test: Acc@1 {val_stats['acc1']:.3f} Acc@5 {val_stats['acc5']:.3f}")
-                if model_ema is not None:
-                    ema_stats = evaluate(model_ema.module, criterion, val_loader, device, autocast=autocast,
-                                         dist_info=dist_info)
-                    log(f"Test: EMA Acc@1 {ema_stats['acc1']:.3f} Acc@5 {ema_stats['acc5']:.3f}")
+                val_stats, ema_stats = evaluate_model_and_ema(model_without_ddp, model_ema, criterion, val_loader,
+                                                              device, autocast=autocast, dist_info=dist_info, log=log)
             is_best = val_stats is not None and val_stats["acc1"] > run.best_acc1
             if is_best:
                 run.best_acc1 = val_stats["acc1"]
@@ -458,6 +453,17 @@ def run_training(args, device: torch.device, dist_info: utils.DistInfo, log) -> 
     check_weights_in_sync(model_without_ddp, dist_info, log)
     log(f"Training time {utils.format_seconds(run.wall_time())}")
     return 0
+
+
+def evaluate_model_and_ema(model, model_ema, criterion, val_loader, device, *, autocast, dist_info, log):
+    """(model's validation stats, EMA model's or None), each logged as a Test: line."""
+    val_stats = evaluate(model, criterion, val_loader, device, autocast=autocast, dist_info=dist_info)
+    log(f"Test: Acc@1 {val_stats['acc1']:.3f} Acc@5 {val_stats['acc5']:.3f}")
+    if model_ema is None:
+        return val_stats, None
+    ema_stats = evaluate(model_ema.module, criterion, val_loader, device, autocast=autocast, dist_info=dist_info)
+    log(f"Test: EMA Acc@1 {ema_stats['acc1']:.3f} Acc@5 {ema_stats['acc5']:.3f}")
+    return val_stats, ema_stats
 
 
 def check_weights_in_sync(model: nn.Module, dist_info: utils.DistInfo, log) -> None:
