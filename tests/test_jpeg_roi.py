@@ -268,7 +268,8 @@ def _benchmark_data(tmp_path, *extra, env=None, check=True):
 
     data = make_imagefolder(tmp_path / "data", classes=2, train_per_class=6, val_per_class=1, size=64)
     return run_train(["--benchmark", "data", "--benchmark-steps", "3", "--benchmark-warmup", "1", *FAST_ARGS,
-                      "--data-path", data, "--backend", "fast", "--workers", "2", *extra], env=env, check=check)
+                      "--data-path", data, "--backend", "fast", "--workers", "2", "--output-dir", tmp_path / "out",
+                      *extra], env=env, check=check)
 
 
 @needs_decoder
