@@ -55,25 +55,57 @@ def build(cache_dir=CACHE_DIR):
         return path
     try:
         os.makedirs(cache_dir, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".jpeg_roi-", suffix=".so", dir=cache_dir)
+        os.close(fd)
     except OSError as e:
-        raise RoiUnavailable(f"cannot create {cache_dir}: {e.strerror}") from None
-    fd, tmp = tempfile.mkstemp(prefix=".jpeg_roi-", suffix=".so", dir=cache_dir)
-    os.close(fd)
-    cmd = [_compiler(), "-O2", "-shared", "-fPIC", "-o", tmp, SOURCE, "-ljpeg"]
+        raise RoiUnavailable(f"cannot write to {cache_dir}: {e.strerror}") from None
+    try:
+        _compile(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise RoiUnavailable(f"cannot write {path}: {e.strerror}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _compile(out):
+    cmd = [_compiler(), "-O2", "-shared", "-fPIC", "-o", out, SOURCE, "-ljpeg"]
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as e:
-        os.unlink(tmp)
         raise RoiUnavailable(f"no working C compiler ({_compiler()}: {e}); install gcc and libjpeg-turbo's "
                              "headers to enable it") from None
     if result.returncode != 0:
-        os.unlink(tmp)
         lines = [line for line in result.stderr.splitlines() if "error" in line] or result.stderr.splitlines()
         detail = lines[0].strip() if lines else f"exit code {result.returncode}"
         raise RoiUnavailable(f"building jpeg_roi.c failed ({detail}); it needs libjpeg-turbo >= 1.5 headers "
                              "(apt install libjpeg-turbo8-dev or libjpeg62-turbo-dev)")
-    os.replace(tmp, path)
-    return path
+
+
+def self_test(decoder):
+    """Decode a region of a small generated JPEG and compare it with Pillow's full decode of the same file.
+
+    Guards against a library that loads but does not work (for example an incompatible libjpeg resolved at
+    run time, which would make every call decline and silently cost a failed attempt per image)."""
+    import io
+
+    from PIL import Image
+
+    y, x = np.mgrid[0:48, 0:64]
+    pixels = np.stack([x * 4, y * 5, (x + y) * 2], axis=-1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))[5:37, 9:49]
+    region = decoder.decode(data, 9, 5, 40, 32)
+    if region is None:
+        raise RoiUnavailable(f"{decoder.path} failed its self-test (it declined a plain JPEG: "
+                             f"{decoder.last_error() or 'no message'})")
+    worst = int(np.abs(region.astype(np.int16) - expected).max())
+    if worst > 2:  # two builds of libjpeg-turbo agree to the level; anything more is a broken decode
+        raise RoiUnavailable(f"{decoder.path} failed its self-test (pixels differ from Pillow's by {worst} levels)")
 
 
 class RoiDecoder:
@@ -109,6 +141,10 @@ class RoiDecoder:
                               self._errbuf, _ERRBUF_LEN)
         return out if status == _ROI_OK else None
 
+    def last_error(self):
+        """libjpeg's message for the last call that failed with an error ('' after warnings or declines)."""
+        return self._errbuf.value.decode(errors="replace")
+
 
 @functools.lru_cache(maxsize=None)
 def open_decoder(path):
@@ -130,7 +166,7 @@ def prepare(mode, cache_dir=CACHE_DIR):
         return None, "JPEG decode: whole images (--roi-decode off)"
     try:
         path = build(cache_dir)
-        open_decoder(path)
+        self_test(open_decoder(path))
     except RoiUnavailable as e:
         if mode == "on":
             raise RoiUnavailable(f"--roi-decode on: {e}") from None

@@ -232,6 +232,24 @@ def test_compile_error_names_the_missing_header(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "cache").iterdir()] == []  # the failed build left nothing behind
 
 
+def test_unwritable_cache_falls_back_with_the_reason(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    library, note = jpeg_roi.prepare("auto", str(tmp_path / "a-file" / "cache"))
+    assert library is None and f"cannot write to {tmp_path / 'a-file' / 'cache'}" in note
+
+
+@needs_decoder
+def test_a_decoder_that_fails_its_self_test_is_not_used(tmp_path, monkeypatch):
+    """A library that loads but decodes wrongly (e.g. an incompatible libjpeg at run time) is caught up front."""
+    monkeypatch.setattr(jpeg_roi.RoiDecoder, "decode", lambda self, data, *box, scale=1: np.zeros((32, 40, 3), np.uint8))
+    library, note = jpeg_roi.prepare("auto", str(tmp_path / "cache"))
+    assert library is None and "failed its self-test (pixels differ from Pillow's by" in note
+    monkeypatch.setattr(jpeg_roi.RoiDecoder, "decode", lambda self, data, *box, scale=1: None)
+    jpeg_roi.open_decoder.cache_clear()
+    with pytest.raises(jpeg_roi.RoiUnavailable, match="failed its self-test .it declined a plain JPEG"):
+        jpeg_roi.prepare("on", str(tmp_path / "cache"))
+
+
 @needs_decoder
 def test_transform_pickles_into_a_fresh_process(tmp_path, library):
     """DataLoader workers receive the transform pickled; a spawned process must open the library itself."""
