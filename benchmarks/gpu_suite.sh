@@ -5,7 +5,8 @@
 #
 # Measures, with train.py's --benchmark modes (global images/s, device synchronized before the clock):
 #   model   batch 256: fp32; AMP + channels_last eager; AMP + channels_last compiled
-#   data    the training input pipeline alone: CPU decode (--backend fast, 16 workers) vs GPU decode (nvJPEG)
+#   data    the training input pipeline alone: CPU decode (--backend fast, 16 workers; crop regions, and whole
+#           images with --roi-decode off) vs GPU decode (nvJPEG)
 #   full    real data and training (AMP + channels_last) with each input pipeline
 # on generated ImageNet-like JPEGs (500x375, quality 75-95, photographic content when scikit-image is
 # installed, 1/f noise otherwise). Each measurement is one JSON file; summary.json gathers them with the
@@ -86,6 +87,8 @@ run model_fp32 --benchmark model --batch-size 256
 run model_amp_eager --benchmark model --batch-size 256 "${amp[@]}"
 run model_amp_compiled --benchmark model --batch-size 256 "${amp[@]}" --compile
 run data_cpu_decode --benchmark data --data-path "$data" --batch-size 256 --backend fast --workers "$workers"
+run data_cpu_whole_decode --benchmark data --data-path "$data" --batch-size 256 --backend fast --workers "$workers" \
+    --roi-decode off
 run data_gpu_decode --benchmark data --data-path "$data" --batch-size 256 --backend fast --workers "$workers" \
     --decode-device cuda
 run full_cpu_decode --benchmark full --data-path "$data" --batch-size 256 --backend fast --workers "$workers" "${amp[@]}"
@@ -97,8 +100,8 @@ import json, os, sys
 
 out = sys.argv[1]
 res = {}
-for name in ("model_fp32", "model_amp_eager", "model_amp_compiled", "data_cpu_decode", "data_gpu_decode",
-             "full_cpu_decode", "full_gpu_decode"):
+for name in ("model_fp32", "model_amp_eager", "model_amp_compiled", "data_cpu_decode", "data_cpu_whole_decode",
+             "data_gpu_decode", "full_cpu_decode", "full_gpu_decode"):
     try:
         with open(os.path.join(out, name + ".json")) as f:
             res[name] = json.load(f)["imgs_per_sec"]
@@ -113,6 +116,7 @@ summary = {
     "full_cpu_decode_vs_model_eager": ratio("full_cpu_decode", "model_amp_eager"),
     "full_gpu_decode_vs_model_eager": ratio("full_gpu_decode", "model_amp_eager"),
     "gpu_vs_cpu_decode_data": ratio("data_gpu_decode", "data_cpu_decode"),
+    "roi_vs_whole_decode_data": ratio("data_cpu_decode", "data_cpu_whole_decode"),
     "targets": {"model_amp_compiled": 6000, "model_amp_eager": 4500, "full_vs_model": 0.9},
 }
 with open(os.path.join(out, "summary.json"), "w") as f:
