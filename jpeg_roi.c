@@ -47,8 +47,6 @@ static void roi_emit_message(j_common_ptr cinfo, int msg_level) {
         cinfo->err->num_warnings++;
 }
 
-int roi_version(void) { return 1; }
-
 /* Decode rows [y, y + h) and columns [x, x + w) of the image scaled by 1/scale_denom
  * (coordinates in scaled pixels) into out, h rows of w RGB pixels, tightly packed.
  * The scaled size is ceil(W / scale_denom) x ceil(H / scale_denom), as libjpeg computes it.
