@@ -58,9 +58,9 @@ def fake_python(tmp_path) -> Path:
     )
 
 
-def _run(script: str, args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
+def _run(script: str, args: list[str], env: dict, cwd: Path, timeout: int = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["bash", str(SCRIPTS / script), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+        ["bash", str(SCRIPTS / script), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -325,14 +325,7 @@ def test_slurm_example_launches_16_card_amp(fake_python, tmp_path):
         SLURM_JOB_NUM_NODES="2",
         SLURM_SUBMIT_DIR=str(REPO),
     )
-    result = subprocess.run(
-        ["bash", str(SCRIPTS / "slurm_16cards.sbatch"), "--epochs", "1"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _run("slurm_16cards.sbatch", ["--epochs", "1"], env, tmp_path)
     assert result.returncode == 0, result.stderr
     fake = [line for line in result.stdout.splitlines() if line.startswith(FAKE_MARK)]
     torchrun, train = _split(json.loads(fake[0][len(FAKE_MARK) :]))
@@ -348,14 +341,7 @@ def test_slurm_example_launches_16_card_amp(fake_python, tmp_path):
 
 
 def test_slurm_example_requires_data(tmp_path):
-    result = subprocess.run(
-        ["bash", str(SCRIPTS / "slurm_16cards.sbatch")],
-        env=_clean_env(SLURM_SUBMIT_DIR=str(REPO)),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _run("slurm_16cards.sbatch", [], _clean_env(SLURM_SUBMIT_DIR=str(REPO)), tmp_path)
     assert result.returncode != 0
     assert "set DATA to the ImageNet folder" in result.stderr
 
@@ -401,14 +387,8 @@ def _calls(tmp_path: Path) -> list[list[str]]:
 
 @pytest.mark.parametrize("rc", [0, 1, 5])
 def test_test_sh_installs_then_runs_pytest_with_its_exit_code(rc, logging_python, tmp_path):
-    result = subprocess.run(
-        ["bash", str(SCRIPTS / "test.sh"), "-m", "not slow", "tests/test_x.py"],
-        env=_clean_env(PYTHON=str(logging_python), FAKE_RC=str(rc)),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    env = _clean_env(PYTHON=str(logging_python), FAKE_RC=str(rc))
+    result = _run("test.sh", ["-m", "not slow", "tests/test_x.py"], env, tmp_path)
     assert result.returncode == rc, result.stderr
     assert _calls(tmp_path) == [
         ["-m", "pip", "install", "-q", "-r", "requirements-dev.txt"],
@@ -417,26 +397,12 @@ def test_test_sh_installs_then_runs_pytest_with_its_exit_code(rc, logging_python
 
 
 def test_test_sh_skip_install_and_pip_failure(logging_python, tmp_path):
-    skip = subprocess.run(
-        ["bash", str(SCRIPTS / "test.sh")],
-        env=_clean_env(PYTHON=str(logging_python), TEST_SKIP_INSTALL="1"),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    skip = _run("test.sh", [], _clean_env(PYTHON=str(logging_python), TEST_SKIP_INSTALL="1"), tmp_path)
     assert skip.returncode == 0
     assert _calls(tmp_path) == [["-m", "pytest"]]
 
     (tmp_path / "calls.jsonl").unlink()
-    broken = subprocess.run(
-        ["bash", str(SCRIPTS / "test.sh")],
-        env=_clean_env(PYTHON=str(logging_python), FAKE_PIP_RC="3"),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    broken = _run("test.sh", [], _clean_env(PYTHON=str(logging_python), FAKE_PIP_RC="3"), tmp_path)
     assert broken.returncode == 3
     assert "requirements-dev.txt' failed" in broken.stderr and "TEST_SKIP_INSTALL=1" in broken.stderr
     assert [c[:2] for c in _calls(tmp_path)] == [["-m", "pip"]]  # pytest not run after a failed install
@@ -446,14 +412,7 @@ def test_test_sh_skip_install_and_pip_failure(logging_python, tmp_path):
 def test_demo_sh_generates_trains_and_reports(skip_install, logging_python, tmp_path):
     out = tmp_path / "demo_out"
     env = _clean_env(PYTHON=str(logging_python), **({"DEMO_SKIP_INSTALL": "1"} if skip_install else {}))
-    result = subprocess.run(
-        ["bash", str(SCRIPTS / "demo.sh"), "--epochs", "2", "--output-dir", str(out)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _run("demo.sh", ["--epochs", "2", "--output-dir", str(out)], env, tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     calls = [c for c in _calls(tmp_path) if c[0] not in ("-c", "-")]
     expected_first = [] if skip_install else [["-m", "pip", "install", "-q", "-r", "requirements.txt"]]
@@ -477,14 +436,8 @@ def test_demo_sh_fails_clearly_without_metrics(tmp_path):
         f"#!{sys.executable}\nimport os, sys\nif sys.argv[1:2] in (['-c'], ['-']):\n"
         f"    os.execv({sys.executable!r}, [{sys.executable!r}] + sys.argv[1:])\n",
     )
-    result = subprocess.run(
-        ["bash", str(SCRIPTS / "demo.sh"), "--output-dir", str(tmp_path / "none")],
-        env=_clean_env(PYTHON=str(quiet), DEMO_SKIP_INSTALL="1"),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env = _clean_env(PYTHON=str(quiet), DEMO_SKIP_INSTALL="1")
+    result = _run("demo.sh", ["--output-dir", str(tmp_path / "none")], env, tmp_path, timeout=120)
     assert result.returncode != 0
     assert "metrics.jsonl" in result.stderr and "did train.py finish?" in result.stderr
 
