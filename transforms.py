@@ -289,10 +289,12 @@ def _load_reduced_jpeg(data, scale):
             image = Image.open(io.BytesIO(data))
             width = image.size[0]
             drafted = image.draft("RGB", (image.size[0] // scale, image.size[1] // scale))
+            # Checked before load(): draft leaves a grayscale JPEG in mode L, and decoding it here only
+            # to discard it would decode it twice.
+            if image.mode != "RGB" or not drafted:
+                return None
             image.load()
     except Exception:  # PIL raises many types; the full decode path gives the verdict
-        return None
-    if image.mode != "RGB" or not drafted:
         return None
     # PIL reports the region the decoded image covers, in decoded pixels: (0, 0, W/s, H/s).
     return image, width / drafted[1][2]
