@@ -323,8 +323,8 @@ def main(args) -> int:
 
 def run_training(args, device: torch.device, dist_info: utils.DistInfo, log) -> int:
     run_start = time.time()
-    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
-    args.seed = seed  # recorded in the checkpoint's args so a resume continues the same streams
+    seed = args.seed if args.seed is not None else utils.shared_random_seed(dist_info)
+    args.seed = seed  # recorded in args.json and the checkpoint; a resume takes the data seed from there
     setup_determinism(args.use_deterministic_algorithms, device)
     utils.seed_everything(seed, dist_info.rank)
 
@@ -356,10 +356,11 @@ def run_training(args, device: torch.device, dist_info: utils.DistInfo, log) -> 
 
     if dist_info.is_main and args.output_dir and not args.test_only:
         ckpt_io.check_output_dir(args.output_dir, ckpt_io.estimate_checkpoint_bytes(model, 1, model_ema is not None))
-        save_args(args, args.output_dir)
 
-    resume = restore(args, model_without_ddp, optimizer, scaler, model_ema, dist_info, log)
+    resume = restore(args, model_without_ddp, optimizer, scaler, model_ema, loaders.train_sampler, dist_info, log)
     start_epoch, start_step = resume["epoch"], resume["step"]
+    if dist_info.is_main and args.output_dir and not args.test_only:
+        save_args(args, args.output_dir)  # after restore: a resume may have taken the checkpoint's seed
 
     if dist_info.distributed:
         model = wrap_ddp(model, device)
@@ -723,7 +724,7 @@ def checkpoint_state(args, model, optimizer, scaler, model_ema, train_sampler, *
     return state
 
 
-def restore(args, model, optimizer, scaler, model_ema, dist_info, log) -> dict:
+def restore(args, model, optimizer, scaler, model_ema, train_sampler, dist_info, log) -> dict:
     """Load --resume PATH or the newest good checkpoint (--resume auto) into the objects; returns where to
     continue. A fresh start returns epoch --start-epoch, step 0."""
     fresh = {"resumed": False, "epoch": args.start_epoch, "step": 0, "best_acc1": -1.0, "wall_time_s": 0.0,
@@ -747,6 +748,13 @@ def restore(args, model, optimizer, scaler, model_ema, dist_info, log) -> dict:
         scaler.load_state_dict(ckpt["scaler"])
     if model_ema is not None and "model_ema" in ckpt:
         model_ema.load_state_dict(ckpt["model_ema"])
+    saved_seed = ckpt.get("sampler", {}).get("seed")
+    if train_sampler is not None and saved_seed is not None:
+        # The sample order and per-sample augmentation follow the sampler's seed: keep the interrupted run's
+        # (drawn at random if it was started without --seed), so the resumed epoch sees the images it has not.
+        if int(saved_seed) != args.seed:
+            log(f"resume: continuing with the checkpoint's data seed {int(saved_seed)} (this run's: {args.seed})")
+        train_sampler.seed = args.seed = int(saved_seed)
     epoch = int(ckpt["epoch"]) + 1
     step = int(ckpt.get("step_in_epoch", 0))
     saved_world = int(ckpt.get("world_size", dist_info.world_size))

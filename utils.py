@@ -201,6 +201,12 @@ def seed_everything(seed: int, rank: int) -> None:
     torch.manual_seed(s)
 
 
+def shared_random_seed(info: DistInfo) -> int:
+    """A random seed, the same on every rank (rank 0's draw). The training sampler splits one shuffled order
+    between the ranks, which partitions the data only if every rank shuffles with the same seed."""
+    return int(all_gather_objects(int.from_bytes(os.urandom(4), "little"), info)[0])
+
+
 def get_rng_state() -> dict:
     """This process's RNG states as plain types and tensors (loadable with weights_only=True)."""
     py = random.getstate()

@@ -50,3 +50,22 @@ def test_two_nodes_on_localhost_with_the_16_card_script(tmp_path):
         summary = json.load(f)
     assert summary["world_size"] == 2 and summary["nnodes"] == 2
     assert not (tmp_path / "out1" / "checkpoint.pth").exists()  # node 1 holds no rank 0: it writes nothing
+
+
+def test_a_random_seed_is_shared_by_all_ranks(tmp_path):
+    """Without --seed each rank must still shuffle with the same seed, or the ranks' shards overlap and part of
+    the data is never seen in an epoch."""
+    script = tmp_path / "seed.py"
+    script.write_text(
+        "import sys\nimport utils\n"
+        "info = utils.init_distributed('gloo', 'env://', 2, 'cpu')\n"
+        "open(f'{sys.argv[1]}/seed{info.rank}', 'w').write(str(utils.shared_random_seed(info)))\n"
+        "utils.cleanup_distributed(info)\n"
+    )
+    env = dict(os.environ, **TEST_ENV, PYTHONPATH=REPO)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), str(script), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seeds = [(tmp_path / f"seed{rank}").read_text() for rank in (0, 1)]
+    assert seeds[0] == seeds[1]

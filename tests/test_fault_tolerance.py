@@ -3,6 +3,7 @@
 Every interruption below is a real signal sent to a real process; the final weights are compared bit for bit
 with an uninterrupted run of the same seed (CPU, --use-deterministic-algorithms)."""
 
+import json
 import os
 import random
 import signal
@@ -229,3 +230,19 @@ def test_exact_evaluation_at_world_size_1_2_3(tmp_path):
         results.append(line)
     assert all("(7 images)" in r for r in results), results
     assert len(set(results)) == 1, results
+
+
+def test_resume_without_seed_keeps_the_interrupted_runs_data_seed(det_data, tmp_path):
+    """A run started without --seed draws one; --resume auto must continue with it, or the resumed epoch would
+    take its remaining batches from a different shuffle (repeating some images, never showing others)."""
+    out = tmp_path / "out"
+    no_seed = [a for a in det_args(det_data, out) if a not in ("--seed", "11")]
+    run_train([*no_seed, "--epochs", "1"])
+    first = torch.load(out / "checkpoint.pth", weights_only=True)
+    proc = run_train([*no_seed, "--epochs", "2", "--resume", "auto"])
+    assert "continuing with the checkpoint's data seed" in proc.stdout
+    second = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert second["epoch"] == 1
+    assert second["sampler"]["seed"] == first["sampler"]["seed"] == first["args"]["seed"] == second["args"]["seed"]
+    with open(out / "args.json") as f:
+        assert json.load(f)["seed"] == first["args"]["seed"]
