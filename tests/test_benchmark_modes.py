@@ -38,6 +38,7 @@ def test_benchmark_under_torchrun_reports_the_global_rate(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(960)  # above run_train's 900 s limit, which then reports the compiler's output
 def test_compile_runs_a_training_step_on_cpu(tmp_path):
     if shutil.which("gcc") is None and shutil.which("cc") is None:
         pytest.skip("torch.compile on CPU needs a C compiler (gcc/cc), none is installed")

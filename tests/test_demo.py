@@ -13,6 +13,7 @@ from conftest import REPO, TEST_ENV
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.timeout(960)  # above the subprocess's own 900 s limit, which then reports the demo's output
 def test_demo_script_trains_resnet50_well_above_chance(tmp_path):
     env = dict(os.environ, **TEST_ENV, DEMO_SKIP_INSTALL="1")  # the test command installed the requirements
     env.pop("OMP_NUM_THREADS")  # the demo runs alone: let it use both cores, as a user's run would
