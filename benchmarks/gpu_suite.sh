@@ -11,7 +11,8 @@
 # on generated ImageNet-like JPEGs (500x375, quality 75-95, photographic content when scikit-image is
 # installed, 1/f noise otherwise). Each measurement is one JSON file; summary.json gathers them with the
 # ratios the project targets: AMP+NHWC >= 6,000 img/s compiled (4,500 eager), full >= 90% of model-only.
-# Environment: PYTHON (default python3), WORKERS (default 16), IMAGES (default 6000), STEPS (default 40).
+# Environment: PYTHON (default python3), WORKERS (default 16), IMAGES (default 6000), STEPS (default 40),
+# DATA (where the JPEGs are generated, default /tmp/gpu_suite_data; reused when it holds IMAGES of them).
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,17 +25,22 @@ data=${DATA:-/tmp/gpu_suite_data}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 
-"$python" - "$data" "$images" <<'PY'
-"""Write an ImageNet-like ImageFolder (10 classes) once; skipped when it is already there."""
-import os, random, sys
+"$python" - "$data" "$images" <<'PY' || exit 1
+"""Write an ImageNet-like ImageFolder (7 classes) once. A marker written last records the image count; a folder
+without a matching one (an interrupted generation, another IMAGES) stops the suite instead of being measured."""
+import os, sys
 from multiprocessing import Pool
 
 import numpy as np
 from PIL import Image
 
 root, total = sys.argv[1], int(sys.argv[2])
-if os.path.isdir(os.path.join(root, "val")):
+marker = os.path.join(root, ".complete")
+if os.path.isfile(marker) and open(marker).read().strip() == str(total):
     sys.exit(0)
+if os.path.exists(root) and os.listdir(root):
+    sys.exit(f"gpu_suite.sh: DATA={root} is not a complete set of {total} generated JPEGs (interrupted, or made "
+             "with another IMAGES); remove it or point DATA at an empty folder")
 
 def photos():
     try:
@@ -65,6 +71,8 @@ def one(i):
 
 with Pool() as pool:
     pool.map(one, range(total), chunksize=64)
+with open(marker, "w") as f:
+    f.write(str(total))
 print(f"generated {total} JPEGs in {root}")
 PY
 

@@ -32,3 +32,11 @@ def test_gpu_suite_without_a_gpu_reports_each_measurement(tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["imgs_per_sec"] == {name: None for name in MEASUREMENTS}
     assert summary["roi_vs_whole_decode_data"] is None and summary["targets"]["model_amp_compiled"] == 6000
+    assert (tmp_path / "data" / ".complete").read_text() == "30"
+
+    # The data folder is reused only as the complete set it was made as: another size stops the suite up front.
+    env["IMAGES"] = "31"
+    proc = subprocess.run(["bash", os.path.join(REPO, "benchmarks", "gpu_suite.sh")], env=env, cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "is not a complete set of 31 generated JPEGs" in proc.stderr and "== model_fp32" not in proc.stdout
