@@ -26,8 +26,6 @@ import presets
 import sampler as samplers
 import transforms
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 BACKENDS = ("pil", "tensor", "fast")
 
 
@@ -229,9 +227,9 @@ class DeviceLoader:
     without streams. uint8 batches are converted and normalized here, on the device."""
 
     def __init__(self, loader: DataLoader, device: torch.device, *, channels_last: bool, bad_images: str,
-                 decoder: "transforms.DeviceDecoder | None" = None, dtype=torch.float32):
+                 decoder: "transforms.DeviceDecoder | None" = None):
         self.loader, self.device, self.channels_last = loader, device, channels_last
-        self.bad_images, self.decoder, self.dtype = bad_images, decoder, dtype
+        self.bad_images, self.decoder = bad_images, decoder
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._reported: set[str] = set()
 
@@ -251,8 +249,8 @@ class DeviceLoader:
             images = images.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
         if images.dtype == torch.uint8:
-            images = transforms.normalize_batch(images, MEAN, STD, dtype=torch.float32,
-                                                channels_last=self.channels_last)
+            images = transforms.normalize_batch(images, presets.IMAGENET_MEAN, presets.IMAGENET_STD,
+                                                dtype=torch.float32, channels_last=self.channels_last)
         elif self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, targets, n_bad

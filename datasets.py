@@ -405,13 +405,18 @@ def _to_rgb(image, is_16bit):
     return image.convert("RGB")
 
 
+def check_pixel_limit(width, height, path):
+    """PIL's decompression-bomb limit (MAX_IMAGE_PIXELS), checked from the header before any pixel is decoded:
+    a few KB file can otherwise expand to tens of GB."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise bad_image(path, f"too large: {width}x{height}")
+
+
 def _open_loaded(data, path):
     """Open and fully decode; the pixel limit is checked before any pixel is decoded."""
     image = Image.open(io.BytesIO(data))
-    limit = Image.MAX_IMAGE_PIXELS
-    width, height = image.size
-    if limit is not None and width * height > limit:
-        raise bad_image(path, f"too large: {width}x{height}")
+    check_pixel_limit(*image.size, path)
     is_16bit = _tile_is_16bit(image)
     image.load()
     return _to_rgb(image, is_16bit)

@@ -60,7 +60,7 @@ def get_args_parser(add_help=True):
     g.add_argument("--use-v2", action="store_true", help="use torchvision.transforms.v2 in the pil/tensor presets")
     g.add_argument("--decode-device", default="cpu", choices=["cpu", "cuda"],
                    help="cuda: workers only read bytes; JPEGs are decoded on the GPU in batches (nvJPEG)")
-    g.add_argument("--roi-decode", default="auto", choices=["auto", "on", "off"],
+    g.add_argument("--roi-decode", default="auto", choices=jpeg_roi.MODES,
                    help="fast backend: decode only each training crop's region of the JPEG (a small C library built "
                         "on first use); auto falls back to whole-image decoding when it cannot be built, on fails")
     g.add_argument("--bad-images", default="error", choices=["error", "skip"],

@@ -234,13 +234,6 @@ def _decode_pil_tensor(data, path):
     return _hwc_to_chw(np.array(image, dtype=np.uint8, copy=True))
 
 
-def _check_pixel_limit(height, width, path):
-    """The decompression-bomb limit decode_pil enforces, applied before the fast decoders."""
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and height * width > limit:
-        raise _datasets().bad_image(path, f"too large: {width}x{height}")
-
-
 def _tv_decode_jpeg(payload, device="cpu"):
     """torchvision.io.decode_jpeg to RGB (gray JPEGs are expanded). ``payload`` is a 1-D
     uint8 tensor or a list of them; a list is decoded as one batch (nvJPEG on CUDA).
@@ -361,7 +354,7 @@ def _open_for_crop(data, path):
     by PIL here."""
     header = read_jpeg_header(data)
     if header is not None and header[2] in (1, 3):
-        _check_pixel_limit(header[0], header[1], path)
+        _datasets().check_pixel_limit(header[1], header[0], path)
         return header[0], header[1], None
     # CMYK/YCCK JPEGs and other formats: PIL handles every colour model; they are rare.
     image = _decode_pil_tensor(data, path)
@@ -515,7 +508,7 @@ def _encoded_payload(data, path):
     the device decoders may not handle and which are rare enough not to matter."""
     header = read_jpeg_header(data)
     if header is not None and header[2] == 3:
-        _check_pixel_limit(header[0], header[1], path)
+        _datasets().check_pixel_limit(header[1], header[0], path)
         return _bytes_tensor(data), header[0], header[1]
     image = _decode_pil_tensor(data, path).contiguous()
     return image, image.shape[1], image.shape[2]

@@ -50,6 +50,8 @@ def _transforms():
     return transforms
 
 
+# ImageNet statistics, as in presets.IMAGENET_MEAN/STD; spelled out because the reference side is built from
+# torchvision alone, independent of the project's modules.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

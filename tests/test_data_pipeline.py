@@ -8,6 +8,7 @@ import torch
 
 import data
 import datasets
+import presets
 from conftest import make_imagefolder
 
 
@@ -44,7 +45,7 @@ def test_device_decode_on_cpu_matches_cpu_side_fast_path(folder):
     (dev, t_dev, _), _ = first_batch(cfg_for(folder, backend="fast", decode_on_device=True))
     assert torch.equal(t_fast, t_dev)
     # Same crop parameters (same per-sample seeds); the decoders differ only in rounding.
-    diff = (fast - dev).abs() * torch.tensor(data.STD).view(1, 3, 1, 1) * 255
+    diff = (fast - dev).abs() * torch.tensor(presets.IMAGENET_STD).view(1, 3, 1, 1) * 255
     assert diff.mean().item() < 2.0, diff.mean().item()
 
 

@@ -17,10 +17,10 @@ import torchvision.transforms as T
 from PIL import Image
 
 import datasets
+import presets
 import transforms
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+MEAN, STD = presets.IMAGENET_MEAN, presets.IMAGENET_STD
 
 
 # ---------------------------------------------------------------------------------------
