@@ -17,6 +17,7 @@ from PIL import Image
 import datasets
 import jpeg_roi
 import transforms
+from test_benchmark_modes import last_json
 from test_transforms import assert_close_uint8, encode, jpeg_bytes, photo_array, reference_train, seeded
 
 
@@ -281,40 +282,43 @@ def _env_with_repo():
 # ---------------------------------------------------------------------------------------
 
 
-def _benchmark_data(tmp_path, *extra, env=None, check=True):
-    from conftest import FAST_ARGS, make_imagefolder, run_train
+@pytest.fixture(scope="module")
+def jpeg_folder(tmp_path_factory):
+    from conftest import make_imagefolder
 
-    data = make_imagefolder(tmp_path / "data", classes=2, train_per_class=6, val_per_class=1, size=64)
+    return make_imagefolder(tmp_path_factory.mktemp("roi_data"), classes=2, train_per_class=6, val_per_class=1,
+                            size=64)
+
+
+def _benchmark_data(data, tmp_path, *extra, env=None, check=True):
+    from conftest import FAST_ARGS, run_train
+
     return run_train(["--benchmark", "data", "--benchmark-steps", "3", "--benchmark-warmup", "1", *FAST_ARGS,
                       "--data-path", data, "--backend", "fast", "--workers", "2", "--output-dir", tmp_path / "out",
                       *extra], env=env, check=check)
 
 
 @needs_decoder
-def test_train_benchmark_decodes_regions_in_workers(tmp_path):
-    import json
-
-    proc = _benchmark_data(tmp_path, "--roi-decode", "on")
+def test_train_benchmark_decodes_regions_in_workers(jpeg_folder, tmp_path):
+    proc = _benchmark_data(jpeg_folder, tmp_path, "--roi-decode", "on")
     assert "JPEG decode: only each crop's region" in proc.stdout
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = last_json(proc.stdout)
     assert result["roi_decode"] is True and result["workers"] == 2 and result["imgs_per_sec"] > 0
 
 
-def test_train_without_a_compiler_falls_back_or_stops_by_mode(tmp_path):
-    import json
-
+def test_train_without_a_compiler_falls_back_or_stops_by_mode(jpeg_folder, tmp_path):
     env = {"CC": str(tmp_path / "no-such-cc")}
-    proc = _benchmark_data(tmp_path, env=env)  # --roi-decode auto
+    proc = _benchmark_data(jpeg_folder, tmp_path, env=env)  # --roi-decode auto
     assert "region-of-interest decode is unavailable: no working C compiler" in proc.stdout
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["roi_decode"] is False
-    proc = _benchmark_data(tmp_path, "--roi-decode", "on", env=env, check=False)
+    assert last_json(proc.stdout)["roi_decode"] is False
+    proc = _benchmark_data(jpeg_folder, tmp_path, "--roi-decode", "on", env=env, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"error: --roi-decode on: no working C compiler ({tmp_path / 'no-such-cc'}: [Errno 2] No such file or "
         f"directory: '{tmp_path / 'no-such-cc'}'); install gcc and libjpeg-turbo's headers to enable it"]
 
 
-def test_roi_decode_on_needs_the_fast_cpu_backend(tmp_path):
-    proc = _benchmark_data(tmp_path, "--roi-decode", "on", "--backend", "pil", check=False)
+def test_roi_decode_on_needs_the_fast_cpu_backend(jpeg_folder, tmp_path):
+    proc = _benchmark_data(jpeg_folder, tmp_path, "--roi-decode", "on", "--backend", "pil", check=False)
     assert proc.returncode == 2
     assert "error: --roi-decode on needs --backend fast with CPU decoding" in proc.stderr
