@@ -36,23 +36,22 @@ def atomic_save(obj, path: str) -> None:
 
 
 def _link_or_copy(src: str, dst: str) -> None:
-    """Publish `src` under the name `dst` atomically: a hard link (no second write) renamed into place."""
+    """Publish `src` under the name `dst` atomically: a hard link (no second write) renamed into place, or an
+    atomic copy where the filesystem has no hard links."""
     folder = os.path.dirname(os.path.abspath(dst))
     tmp = os.path.join(folder, f".{os.path.basename(dst)}.tmp-{os.getpid()}")
     try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
+        os.link(src, tmp)
+    except OSError:
+        with open(src, "rb") as source:
+            utils.atomic_write(dst, lambda f: shutil.copyfileobj(source, f))
+        return
+    try:
         os.replace(tmp, dst)
     except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
+        os.remove(tmp)
         raise
+    utils.fsync_dir(folder)  # the new name survives a power loss, as atomic_write's do
 
 
 def save_checkpoint(state: dict, output_dir: str, *, epoch_end: bool, epoch: int, is_best: bool,

@@ -83,3 +83,18 @@ def test_output_dir_checks_space_and_writability(tmp_path):
     (ro / "f").write_text("x")
     with pytest.raises(ckpt_io.CheckpointError, match="not writable"):
         ckpt_io.check_output_dir(str(ro / "f" / "sub"), 1000)
+
+
+def test_epoch_copies_are_published_without_hard_links(tmp_path, monkeypatch):
+    """On a filesystem without hard links, model_{epoch}.pth and model_best.pth are atomic copies."""
+    def no_links(src, dst):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    state = {"model": {"w": torch.arange(4.0)}, "epoch": 0}
+    ckpt_io.save_checkpoint(state, str(tmp_path), epoch_end=True, epoch=0, is_best=True, keep=None)
+    for name in ("checkpoint.pth", "model_0.pth", "model_best.pth"):
+        loaded = torch.load(tmp_path / name, weights_only=True)
+        assert torch.equal(loaded["model"]["w"], torch.arange(4.0)), name
+    assert os.stat(tmp_path / "model_0.pth").st_ino != os.stat(tmp_path / "checkpoint.pth").st_ino
+    assert not [p for p in os.listdir(tmp_path) if "tmp" in p]
