@@ -54,11 +54,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def train_cmd(args) -> list[str]:
+    """`python train.py ARGS`."""
+    return [sys.executable, os.path.join(REPO, "train.py"), *map(str, args)]
+
+
+def torchrun_cmd(args, nproc=2, extra_launcher=()) -> list[str]:
+    """`torchrun --nproc-per-node N` on 127.0.0.1 and a free port, launching train.py ARGS."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+            "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *extra_launcher,
+            os.path.join(REPO, "train.py"), *map(str, args)]
+
+
 def run_train(args, *, cwd=None, env=None, timeout=300, check=True) -> subprocess.CompletedProcess:
     """Run `python train.py ARGS` as a user would; returns the completed process (stdout+stderr text)."""
     full_env = dict(os.environ, **TEST_ENV, **(env or {}))
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *map(str, args)], cwd=cwd or REPO,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(train_cmd(args), cwd=cwd or REPO, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\n"
                              f"STDERR:\n{proc.stderr[-4000:]}")
@@ -67,10 +79,8 @@ def run_train(args, *, cwd=None, env=None, timeout=300, check=True) -> subproces
 
 def run_torchrun(args, *, nproc=2, env=None, timeout=600, check=True, extra_launcher=()) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, **TEST_ENV, **(env or {}))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *extra_launcher,
-           os.path.join(REPO, "train.py"), *map(str, args)]
-    proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(torchrun_cmd(args, nproc, extra_launcher), cwd=REPO, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"torchrun exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\n"
                              f"STDERR:\n{proc.stderr[-4000:]}")

@@ -8,13 +8,12 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from conftest import FAST_ARGS, REPO, TEST_ENV, free_port, make_imagefolder, run_torchrun, run_train
+from conftest import FAST_ARGS, REPO, TEST_ENV, make_imagefolder, run_torchrun, run_train, torchrun_cmd, train_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -73,15 +72,6 @@ def wait_for(proc, needle, timeout=240) -> str:
         if needle in line:
             return "".join(seen)
     raise AssertionError(f"never saw {needle!r}; output:\n{''.join(seen)[-3000:]}")
-
-
-def train_cmd(args):
-    return [sys.executable, os.path.join(REPO, "train.py"), *map(str, args)]
-
-
-def torchrun_cmd(args, nproc=2, extra=()):
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
-            "127.0.0.1", "--master-port", str(free_port()), *extra, os.path.join(REPO, "train.py"), *map(str, args)]
 
 
 def test_resume_after_an_epoch_is_bitwise_identical(det_data, straight, tmp_path):
@@ -171,7 +161,7 @@ def test_resume_with_another_world_size_warns_and_finishes(det_data, tmp_path):
 def test_killed_worker_is_restarted_by_torchrun_and_job_finishes(det_data, straight_ddp, tmp_path):
     out = tmp_path / "out"
     proc = start(torchrun_cmd(det_args(det_data, out, "--resume", "auto", "--checkpoint-interval", "2"),
-                              extra=["--max-restarts", "1"]))
+                              extra_launcher=["--max-restarts", "1"]))
     wait_for(proc, "Epoch: [1] [2/")
     workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert len(workers) == 2, workers
