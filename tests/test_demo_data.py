@@ -1,9 +1,12 @@
-"""Tests for scripts/make_demo_data.py: layout, real JPEGs, determinism, atomic/skip logic."""
+"""Tests for scripts/make_demo_data.py: layout, real JPEGs, determinism, atomic/skip logic, for both kinds
+(learnable shapes, ImageNet-like photos)."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +21,11 @@ SCRIPT = REPO / "scripts" / "make_demo_data.py"
 
 @pytest.fixture(scope="module")
 def demo():
-    """The generator as a module (scripts/ is not a package, so load it by path)."""
-    spec = importlib.util.spec_from_file_location("make_demo_data", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The generator as a module, imported by name as benchmarks/data_pipeline.py does (scripts/ is not a
+    package), so that its spawned pool workers can import it too."""
+    if str(SCRIPT.parent) not in sys.path:
+        sys.path.append(str(SCRIPT.parent))
+    return importlib.import_module("make_demo_data")
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -226,3 +229,105 @@ def test_classes_are_learnable(demo, tmp_path):
     with torch.no_grad():
         accuracy = (model(x_val).argmax(dim=1) == y_val).float().mean().item()
     assert accuracy > 0.3, f"val accuracy {accuracy:.2f} is too close to chance (0.10)"
+
+
+# ---------------------------------------------------------------------------------------
+# --kind photo: ImageNet-like files for the benchmarks
+# ---------------------------------------------------------------------------------------
+
+PHOTO = dict(classes=2, train_per_class=3, val_per_class=1, seed=0)
+
+
+def test_photo_kind_writes_imagenet_like_jpegs(demo, tmp_path):
+    out = demo.make_photo_dataset(tmp_path / "p", workers=1, gray_fraction=0.0, **PHOTO)
+    files = sorted(out.rglob("*.JPEG"))
+    assert len(files) == 8
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["class000", "class001"]
+    sizes, qualities = set(), set()
+    for f in files:
+        assert f.read_bytes()[:3] == b"\xff\xd8\xff"
+        with Image.open(f) as im:
+            assert im.format == "JPEG" and im.mode == "RGB"
+            sizes.add(im.size)
+            pixels = np.asarray(im, dtype=np.float32)
+            qualities.add(tuple(im.quantization[0][:8]))  # the luminance table follows the quality
+        assert pixels.std() > 15.0, f  # a picture, not a flat field
+    assert sizes <= {(500, 375), (375, 500)}
+    assert len(qualities) > 1  # qualities vary between files
+    # Realistic file sizes: ImageNet's JPEGs average ~110 KB; a flat or pure-noise file would be far off.
+    mean_kb = sum(f.stat().st_size for f in files) / len(files) / 1024
+    assert 20 < mean_kb < 250, mean_kb
+    marker = json.loads((out / demo.MARKER_NAME).read_text())
+    expected = "photos" if importlib.util.find_spec("skimage") else "noise"
+    assert marker["kind"] == "photo" and marker["content"] == expected
+    assert demo.is_complete(out, marker)
+
+
+def test_photo_kind_is_the_same_with_a_spawned_pool(demo, tmp_path):
+    """Workers are started by spawn (fresh interpreters that import the module): the files do not depend on
+    how many write them."""
+    one = _digests(demo.make_photo_dataset(tmp_path / "one", workers=1, size=96, **PHOTO))
+    two = _digests(demo.make_photo_dataset(tmp_path / "two", workers=2, size=96, **PHOTO))
+    assert one == two and len([k for k in one if k.endswith(".JPEG")]) == 8
+    other = _digests(demo.make_photo_dataset(tmp_path / "other", workers=1, size=96, **dict(PHOTO, seed=1)))
+    assert all(other[k] != one[k] for k in one if k.endswith(".JPEG"))
+
+
+def test_photo_kind_grayscale_and_cmyk_files(demo, tmp_path):
+    out = demo.make_photo_dataset(tmp_path / "p", classes=2, train_per_class=10, val_per_class=1, size=64,
+                                  workers=1, gray_fraction=0.3, cmyk_fraction=0.3)
+    modes = [Image.open(f).mode for f in sorted(out.rglob("*.JPEG"))]
+    assert {"RGB", "L", "CMYK"} <= set(modes)
+
+
+def test_photo_kind_interrupted_run_leaves_no_output(demo, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_write = demo._write_photo
+
+    def failing_write(task):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_write(task)
+
+    monkeypatch.setattr(demo, "_write_photo", failing_write)
+    with pytest.raises(KeyboardInterrupt):
+        demo.make_photo_dataset(tmp_path / "p", workers=1, size=64, **PHOTO)
+    assert not (tmp_path / "p").exists() and (tmp_path / "p.partial").exists()
+    monkeypatch.setattr(demo, "_write_photo", real_write)
+    out = demo.make_photo_dataset(tmp_path / "p", workers=1, size=64, **PHOTO)
+    assert len(list(out.rglob("*.JPEG"))) == 8 and not (tmp_path / "p.partial").exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(classes=1), "--classes must be 2..1000"),
+        (dict(size=20), "--size \\(the long side\\) must be >= 32"),
+        (dict(val_per_class=0), "--train-per-class and --val-per-class must be >= 1"),
+        (dict(gray_fraction=0.8, cmyk_fraction=0.5), "sum to at most 1"),
+    ],
+)
+def test_photo_kind_bad_settings_are_rejected(demo, tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        demo.make_photo_dataset(tmp_path / "p", **{**PHOTO, "workers": 1, **kwargs})
+    assert not (tmp_path / "p").exists()
+
+
+def test_photo_kind_command_line(tmp_path):
+    """The benchmarks' call: spawned workers from the script run as __main__, then reuse, then refusal of a
+    folder made with other settings (here: the shapes kind)."""
+    out = tmp_path / "photo"
+    args = [sys.executable, str(SCRIPT), str(out), "--kind", "photo", "--classes", "2", "--train-per-class", "3",
+            "--val-per-class", "1", "--size", "64", "--workers", "2"]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "wrote 8 ImageNet-like JPEGs (2 classes, 64x48 and 48x64" in first.stdout
+    assert len(list(out.rglob("*.JPEG"))) == 8
+    again = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "already complete" in again.stdout
+    shapes = subprocess.run([sys.executable, str(SCRIPT), str(out), "--classes", "2", "--train-per-class", "3",
+                             "--val-per-class", "1"], capture_output=True, text=True, timeout=60)
+    assert shapes.returncode == 2 and "delete it or choose another OUT" in shapes.stderr
+    bad = subprocess.run(args[:3] + ["--kind", "photo", "--size", "8"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--size (the long side) must be >= 32" in bad.stderr
