@@ -20,10 +20,11 @@ can reach with that decoder. With the region decoder in use, our pipeline decodi
 images is timed as well, to show what region decoding alone buys. A second measurement
 runs both pipelines through a real DataLoader with --workers processes.
 
-Without --data, ImageNet-like JPEGs are generated into a temporary folder: ~500x375
-windows of the sample photographs scikit-image (or scikit-learn) ships, quality 75-95, with
-a few grayscale and CMYK files as in ImageNet. Neither package is a dependency of the
-project: install one of them to run this without --data.
+Without --data, ImageNet-like JPEGs are generated into a temporary folder by the project's
+generator (scripts/make_demo_data.py --kind photo): 500x375 and 375x500 windows of
+scikit-image's sample photographs when scikit-image is installed (it is not a dependency),
+1/f noise otherwise, quality 75-95, with 3% grayscale and 1% CMYK files so that the rarer
+decode paths are timed too.
 """
 
 import argparse
@@ -55,10 +56,9 @@ def _transforms():
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-# ImageNet-like frame sizes (width, height): mostly 500 on the long side, both orientations.
-FRAME_SIZES = ((500, 375), (500, 333), (375, 500), (500, 400), (500, 500))
-SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
-                  "immunohistochemistry", "retina", "stereo_motorcycle")
+# Generated files: more grayscale and CMYK than ImageNet holds, so that those decode paths weigh in.
+GRAY_FRACTION = 0.03
+CMYK_FRACTION = 0.01
 
 
 # ---------------------------------------------------------------------------------------
@@ -66,71 +66,25 @@ SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field
 # ---------------------------------------------------------------------------------------
 
 
-def _skimage_photos():
-    import skimage.data
+def _generator():
+    """scripts/make_demo_data.py, imported by name (scripts/ is not a package) so that its spawned
+    workers can import it as well."""
+    scripts = os.path.join(REPO, "scripts")
+    if scripts not in sys.path:
+        sys.path.append(scripts)
+    import make_demo_data
 
-    photos = []
-    for name in SKIMAGE_PHOTOS:
-        try:
-            array = getattr(skimage.data, name)()
-        except Exception:  # some sample images need an optional download; skip those
-            continue
-        if isinstance(array, tuple):  # stereo pairs
-            array = array[0]
-        if array.ndim == 3 and array.shape[2] == 3:
-            photos.append(Image.fromarray(array))
-    return photos
-
-
-def _sklearn_photos():
-    from sklearn.datasets import load_sample_images
-
-    return [Image.fromarray(array) for array in load_sample_images().images]
-
-
-def load_sample_photos():
-    """Real photographs to cut test images from; a clear error if no package ships them."""
-    for loader in (_skimage_photos, _sklearn_photos):
-        try:
-            photos = loader()
-        except ImportError:
-            continue
-        if photos:
-            return photos
-    raise SystemExit(
-        "data_pipeline.py: generating test images needs scikit-image or scikit-learn "
-        "(pip install scikit-image); or pass --data DIR with an ImageFolder of JPEGs"
-    )
-
-
-def _frame(photo, size, rng):
-    """A random window of ``photo`` of exactly ``size``, after a random up-scaling so that
-    different files see different detail levels, like real photos of varied resolution."""
-    width, height = size
-    zoom = max(width / photo.width, height / photo.height) * rng.uniform(1.0, 1.6)
-    scaled = photo.resize((max(width, round(photo.width * zoom)), max(height, round(photo.height * zoom))),
-                          Image.BICUBIC)
-    x = rng.randint(0, scaled.width - width)
-    y = rng.randint(0, scaled.height - height)
-    return scaled.crop((x, y, x + width, y + height))
+    return make_demo_data
 
 
 def generate_images(folder, num_images, seed=0):
-    """Write ``num_images`` ImageNet-like JPEGs into ``folder``; returns their paths."""
-    rng = random.Random(seed)
-    photos = load_sample_photos()
-    paths = []
-    for i in range(num_images):
-        image = _frame(rng.choice(photos), rng.choice(FRAME_SIZES), rng)
-        kind = rng.random()
-        if kind < 0.03:  # ImageNet has ~1-2% grayscale JPEGs ...
-            image = image.convert("L")
-        elif kind < 0.04:  # ... and a few CMYK ones
-            image = image.convert("CMYK")
-        path = os.path.join(folder, f"img{i:05d}.JPEG")
-        image.save(path, "JPEG", quality=rng.randint(75, 95))
-        paths.append(path)
-    return paths
+    """Write ``num_images`` ImageNet-like JPEGs under ``folder`` (the project's photo generator);
+    returns their paths in a seeded order."""
+    per_class = (num_images + 1) // 2
+    root = _generator().make_photo_dataset(os.path.join(folder, "photos"), classes=2, train_per_class=per_class,
+                                           val_per_class=1, seed=seed, gray_fraction=GRAY_FRACTION,
+                                           cmyk_fraction=CMYK_FRACTION)
+    return list_images(os.path.join(root, "train"), num_images, seed)
 
 
 def list_images(data_dir, num_images, seed=0):

@@ -343,6 +343,11 @@ def _workers_can_import_this_module() -> bool:
     return spec is not None and spec.origin is not None and os.path.samefile(spec.origin, module.__file__)
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on (a container or taskset may allow fewer than the machine has)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _run_tasks(tasks: list, workers: int) -> None:
     workers = min(workers, len(tasks))
     if workers <= 1 or not _workers_can_import_this_module():
@@ -526,7 +531,7 @@ def make_photo_dataset(
                 class_dir.mkdir(parents=True)
                 tasks.extend((str(class_dir / f"{name}_{i:05d}.JPEG"), [seed, split_id, class_index, i], size,
                               gray_fraction, cmyk_fraction) for i in range(settings[f"{split}_per_class"]))
-        _run_tasks(tasks, workers if workers is not None else (os.cpu_count() or 1))
+        _run_tasks(tasks, workers if workers is not None else _usable_cores())
 
     return _build(out_dir, settings, write)
 

@@ -74,3 +74,23 @@ def test_val_loader_covers_each_image_once(folder):
 def test_too_small_dataset_for_one_global_batch_is_a_clear_error(folder):
     with pytest.raises(datasets.DataError, match="fewer than one global batch"):
         data.build_data_loaders(cfg_for(folder, batch_size=8), rank=0, world_size=2)
+
+
+def test_pipeline_benchmark_generates_its_images_with_the_project_generator(tmp_path):
+    """benchmarks/data_pipeline.py without --data: ImageNet-like files from scripts/make_demo_data.py."""
+    import importlib.util
+
+    from PIL import Image
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("data_pipeline_benchmark",
+                                                  os.path.join(REPO, "benchmarks", "data_pipeline.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    paths = bench.generate_images(str(tmp_path), 5, seed=3)
+    assert len(paths) == len(set(paths)) == 5
+    for path in paths:
+        with Image.open(path) as im:
+            assert im.format == "JPEG" and max(im.size) == 500 and min(im.size) == 375
+    assert os.path.isfile(tmp_path / "photos" / ".demo_complete.json")
