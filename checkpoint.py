@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-import utils
+import fileio
 
 LATEST = "checkpoint.pth"
 BEST = "model_best.pth"
@@ -31,8 +31,8 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_save(obj, path: str) -> None:
-    """torch.save through utils.atomic_write: the existing `path` survives any failure or kill."""
-    utils.atomic_write(path, lambda f: torch.save(obj, f))
+    """torch.save through fileio.atomic_write: the existing `path` survives any failure or kill."""
+    fileio.atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -44,14 +44,14 @@ def _link_or_copy(src: str, dst: str) -> None:
         os.link(src, tmp)
     except OSError:
         with open(src, "rb") as source:
-            utils.atomic_write(dst, lambda f: shutil.copyfileobj(source, f))
+            fileio.atomic_write(dst, lambda f: shutil.copyfileobj(source, f))
         return
     try:
         os.replace(tmp, dst)
     except BaseException:
         os.remove(tmp)
         raise
-    utils.fsync_dir(folder)  # the new name survives a power loss, as atomic_write's do
+    fileio.fsync_dir(folder)  # the new name survives a power loss, as atomic_write's do
 
 
 def save_checkpoint(state: dict, output_dir: str, *, epoch_end: bool, epoch: int, is_best: bool,

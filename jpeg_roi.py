@@ -20,10 +20,13 @@ import ctypes
 import functools
 import hashlib
 import os
+import shutil
 import subprocess
 import tempfile
 
 import numpy as np
+
+import fileio
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "jpeg_roi.c")
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "resnet50-imagenet", "jpeg_roi")
@@ -49,24 +52,25 @@ def library_path(cache_dir=CACHE_DIR):
 
 
 def build(cache_dir=CACHE_DIR):
-    """Compile jpeg_roi.c into the cache (atomically: concurrent ranks may race) and return its path."""
+    """Compile jpeg_roi.c into the cache and return its path. The library is published with
+    fileio.atomic_write: concurrent ranks may race, and a half-written file must never be loaded."""
     path = library_path(cache_dir)
     if os.path.exists(path):
         return path
     try:
         os.makedirs(cache_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".jpeg_roi-", suffix=".so", dir=cache_dir)
-        os.close(fd)
+        work = tempfile.mkdtemp(prefix=".jpeg_roi-", dir=cache_dir)
     except OSError as e:
         raise RoiUnavailable(f"cannot write to {cache_dir}: {e.strerror}") from None
     try:
-        _compile(tmp)
-        os.replace(tmp, path)
+        built = os.path.join(work, "jpeg_roi.so")
+        _compile(built)
+        with open(built, "rb") as src:
+            fileio.atomic_write(path, lambda f: shutil.copyfileobj(src, f))
     except OSError as e:
         raise RoiUnavailable(f"cannot write {path}: {e.strerror}") from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        shutil.rmtree(work, ignore_errors=True)
     return path
 
 
