@@ -25,7 +25,9 @@ import torch
 import torch.utils.data
 from PIL import Image, UnidentifiedImageError
 
-import utils
+import fileio
+import metrics
+from prepare_imagenet import OFFICIAL_NUM_CLASSES, OFFICIAL_SPLIT_SIZES
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -33,9 +35,6 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 # data (or the mount it lives on) is broken, and silently training on wrapped-around
 # replacements would hide it.
 MAX_BAD_IN_A_ROW = 50
-
-# Official ImageNet-1k (ILSVRC2012) split sizes, used to tell the user whether a copy is complete.
-IMAGENET_SPLIT_SIZES = {"train": 1_281_167, "val": 50_000}
 
 # How many names to quote in an error message before summarising the rest as a count.
 _NAMES_IN_MESSAGE = 5
@@ -282,7 +281,7 @@ def _read_cache(cache_file):
 def _write_json_atomic(path, obj):
     """A crash or a concurrent writer (several ranks building the same cache) never leaves a torn file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    utils.atomic_write(path, lambda f: json.dump(obj, f, separators=(",", ":")), binary=False)
+    fileio.atomic_write(path, lambda f: json.dump(obj, f, separators=(",", ":")), binary=False)
 
 
 def build_file_list(split_dir: str, classes: list[str], cache_file: str | None = None) -> list[tuple[str, int]]:
@@ -584,13 +583,6 @@ def _verify_file(path):
         return path, f"cannot decode: {_one_line(err) or type(err).__name__}"
 
 
-def _format_duration(seconds):
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 class _Progress:
     """Count, rate and ETA on one stderr line. On a terminal it redraws in place; in a log
     file it writes a new line only every ``log_interval`` seconds to avoid a flood."""
@@ -607,7 +599,7 @@ class _Progress:
         elapsed = max(now - self.start, 1e-9)
         rate = self.done / elapsed
         pct = 100.0 * self.done / self.total if self.total else 100.0
-        eta = _format_duration((self.total - self.done) / rate) if rate > 0 else "?"
+        eta = metrics.format_hms((self.total - self.done) / rate if rate > 0 else None)
         return f"verify {self.label}: {self.done:,}/{self.total:,} ({pct:.1f}%) {rate:,.0f} img/s ETA {eta}"
 
     def update(self, count=1):
@@ -622,15 +614,19 @@ class _Progress:
         if self.enabled:
             elapsed = time.monotonic() - self.start
             prefix = "\r" if self.is_tty else ""
-            self.stream.write(f"{prefix}{self._line(time.monotonic())} done in {_format_duration(elapsed)}\n")
+            self.stream.write(f"{prefix}{self._line(time.monotonic())} done in {metrics.format_hms(elapsed)}\n")
             self.stream.flush()
 
 
-def _default_workers():
+def default_workers(processes_per_node: int = 1) -> int:
+    """Worker processes for one of `processes_per_node` processes on this node: the CPU cores this process may
+    use (its affinity mask, which SLURM and containers narrow, not the machine's count) shared evenly, at least
+    1, and at most 16, beyond which more workers mostly add memory and start-up time."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return max(1, min(16, cores // max(1, processes_per_node)))
 
 
 def _decode_all(paths, workers, progress):
@@ -664,7 +660,7 @@ def verify_dataset(data_path: str, workers: int | None = None, progress: bool = 
     Raises DataError for layout problems. ``workers=0`` decodes in this process.
     """
     split_dirs = check_layout(data_path)
-    workers = _default_workers() if workers is None else int(workers)
+    workers = default_workers() if workers is None else int(workers)
     report = {"data_path": data_path, "splits": {}}
     for split, split_dir in split_dirs.items():
         classes = find_classes(split_dir)
@@ -678,15 +674,15 @@ def verify_dataset(data_path: str, workers: int | None = None, progress: bool = 
 
 def format_verify_report(report: dict) -> str:
     """Human-readable summary: counts per split, class count, every unreadable file, and,
-    for 1000 classes, whether the counts match the official ImageNet-1k splits."""
+    for ImageNet's 1000 classes, whether the counts match the official ImageNet-1k splits."""
     lines = []
     if report.get("data_path"):
         lines.append(f"dataset {report['data_path']}")
     n_bad = 0
     for split, info in report["splits"].items():
         line = f"  {split}: {info['images']:,} images in {info['classes']} classes"
-        expected = IMAGENET_SPLIT_SIZES.get(split)
-        if info["classes"] == 1000 and expected is not None:
+        expected = OFFICIAL_SPLIT_SIZES.get(split)
+        if info["classes"] == OFFICIAL_NUM_CLASSES and expected is not None:
             if info["images"] == expected:
                 line += f" (matches ImageNet-1k {split}: {expected:,})"
             else:
@@ -722,7 +718,7 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(description="Check an ImageNet-style dataset: layout and every image decodes.")
     parser.add_argument("data_path", help="folder with train/<class>/*.JPEG and val/<class>/*.JPEG")
-    parser.add_argument("--workers", type=int, default=None, help="decode processes (default: all CPUs)")
+    parser.add_argument("--workers", type=int, default=None, help="decode processes (default: the CPU cores this process may use, at most 16)")
     args = parser.parse_args(argv)
     return run_verify(args.data_path, workers=args.workers)
 

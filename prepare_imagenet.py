@@ -25,7 +25,8 @@ against the devkit, or against the official ILSVRC2012 totals when no devkit is 
 Exit codes: 0 complete, 1 incomplete (the report says what is missing),
 2 bad input or I/O error (one line naming the file), 130 interrupted.
 
-Reading meta.mat needs scipy (`pip install scipy`); everything else is the standard library.
+Reading meta.mat needs scipy (`pip install scipy`); everything else is the standard library
+(and two of this folder's torch-free modules: fileio.py, metrics.py).
 """
 
 import argparse
@@ -41,11 +42,14 @@ import tarfile
 import time
 import zlib
 
-# Official ILSVRC2012 sizes, used to check the result when no devkit is given and to
-# point out a devkit that does not describe the official dataset.
+import fileio
+import metrics
+
+# Official ILSVRC2012 (ImageNet-1k) sizes, used to check the result when no devkit is given,
+# to point out a devkit that does not describe the official dataset, and by datasets.py to
+# tell whether a copy is complete.
 OFFICIAL_NUM_CLASSES = 1000
-OFFICIAL_NUM_TRAIN = 1_281_167
-OFFICIAL_NUM_VAL = 50_000
+OFFICIAL_SPLIT_SIZES = {"train": 1_281_167, "val": 50_000}
 
 TRAIN_TAR_NAME = "ILSVRC2012_img_train.tar"
 VAL_TAR_NAME = "ILSVRC2012_img_val.tar"
@@ -71,11 +75,6 @@ class BadInput(Exception):
 
 
 # --------------------------------------------------------------------------- progress
-
-
-def _format_duration(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class ProgressBar:
@@ -121,9 +120,9 @@ class ProgressBar:
         rate = (self.count - self.skipped) / elapsed
         percent = 100.0 * self.count / self.total if self.total else 100.0
         remaining = max(self.total - self.count, 0)
-        eta = _format_duration(remaining / rate) if rate > 0 else "?"
+        eta = metrics.format_hms(remaining / rate if rate > 0 else None)
         return (f"{self.label}: {self.count:,}/{self.total:,} {percent:5.1f}% "
-                f"{rate:,.1f}/s elapsed {_format_duration(elapsed)} ETA {eta}")
+                f"{rate:,.1f}/s elapsed {metrics.format_hms(elapsed)} ETA {eta}")
 
     def _maybe_draw(self):
         if not self.enabled:
@@ -313,12 +312,22 @@ def count_images(folder):
 
 
 def _write_atomic(src, dest):
-    """Copy the stream `src` to `dest` so that `dest` only ever holds a whole file."""
-    folder, name = os.path.split(dest)
-    tmp = os.path.join(folder, f".{name}.tmp")
-    with open(tmp, "wb") as out:
-        shutil.copyfileobj(src, out)
-    os.replace(tmp, dest)
+    """Copy the stream `src` to `dest` so that `dest` only ever holds a whole file, even after a power loss."""
+    fileio.atomic_write(dest, lambda out: shutil.copyfileobj(src, out))
+
+
+def _remove_temp_files(split_dir):
+    """Delete the temporary files a killed run left in `split_dir`'s class folders (hidden, ending in .tmp):
+    the image each was meant to become is written again, under a new temporary name."""
+    if not os.path.isdir(split_dir):
+        return
+    with os.scandir(split_dir) as classes:
+        folders = [c.path for c in classes if c.is_dir()]
+    for folder in folders:
+        with os.scandir(folder) as entries:
+            leftovers = [e.path for e in entries if e.name.startswith(".") and e.name.endswith(".tmp")]
+        for path in leftovers:
+            os.unlink(path)
 
 
 def _is_done(dest, size):
@@ -431,6 +440,7 @@ def _ensure_parent(dest, made):
 def prepare_val_from_tar(val_tar, val_labels, out_dir, progress):
     """Write OUT/val/<wnid>/ from the flat val tar, streamed in one pass; returns a ValResult."""
     val_dir = os.path.join(out_dir, "val")
+    _remove_temp_files(val_dir)
     result = ValResult()
     made = set()
     current = val_tar
@@ -462,6 +472,7 @@ def prepare_val_from_tar(val_tar, val_labels, out_dir, progress):
 def prepare_val_from_dir(val_dir_in, val_labels, out_dir, progress):
     """Copy an extracted flat val folder into OUT/val/<wnid>/; returns a ValResult."""
     val_dir = os.path.join(out_dir, "val")
+    _remove_temp_files(val_dir)
     result = ValResult()
     made = set()
     with os.scandir(val_dir_in) as entries:
@@ -504,14 +515,14 @@ def expectation_for(split, devkit):
     """Expected content of `split` ("train" or "val") from the devkit, else the official totals."""
     if split == "val":
         if devkit is None:
-            return Expectation(OFFICIAL_NUM_CLASSES, OFFICIAL_NUM_VAL)
+            return Expectation(OFFICIAL_NUM_CLASSES, OFFICIAL_SPLIT_SIZES["val"])
         counts = dict(collections.Counter(devkit.val_labels))
         return Expectation(len(counts), sum(counts.values()), frozenset(counts), counts)
     if devkit is None:
-        return Expectation(OFFICIAL_NUM_CLASSES, OFFICIAL_NUM_TRAIN)
+        return Expectation(OFFICIAL_NUM_CLASSES, OFFICIAL_SPLIT_SIZES["train"])
     wnids = frozenset(devkit.id_to_wnid.values())
     if devkit.train_counts is None:
-        return Expectation(len(wnids), OFFICIAL_NUM_TRAIN, wnids)
+        return Expectation(len(wnids), OFFICIAL_SPLIT_SIZES["train"], wnids)
     counts = dict(devkit.train_counts)
     return Expectation(len(counts), sum(counts.values()), wnids, counts)
 
@@ -589,14 +600,14 @@ def devkit_note(devkit):
     """One line when the devkit does not describe the official dataset, else None."""
     train = sum(devkit.train_counts.values()) if devkit.train_counts else None
     official = (len(devkit.id_to_wnid) == OFFICIAL_NUM_CLASSES
-                and len(devkit.val_labels) == OFFICIAL_NUM_VAL
-                and train in (None, OFFICIAL_NUM_TRAIN))
+                and len(devkit.val_labels) == OFFICIAL_SPLIT_SIZES["val"]
+                and train in (None, OFFICIAL_SPLIT_SIZES["train"]))
     if official:
         return None
     train_text = f"{train:,}" if train is not None else "?"
     return (f"note: the devkit describes {len(devkit.id_to_wnid):,} classes, {train_text} train and "
             f"{len(devkit.val_labels):,} val images, not the official {OFFICIAL_NUM_CLASSES:,}, "
-            f"{OFFICIAL_NUM_TRAIN:,} and {OFFICIAL_NUM_VAL:,}; checking against the devkit")
+            f"{OFFICIAL_SPLIT_SIZES['train']:,} and {OFFICIAL_SPLIT_SIZES['val']:,}; checking against the devkit")
 
 
 # --------------------------------------------------------------------------- command line

@@ -619,3 +619,12 @@ def test_format_verify_report_compares_with_imagenet():
 
     small = {"splits": {"train": {"images": 10, "classes": 2, "bad": []}}}
     assert "ImageNet" not in format_verify_report(small)
+
+
+@pytest.mark.parametrize("cores, processes, expected", [(24, 1, 16), (24, 4, 6), (24, 48, 1), (3, 2, 1), (8, 1, 8)])
+def test_default_workers_shares_this_processes_cores_between_the_nodes_processes(monkeypatch, cores, processes,
+                                                                                 expected):
+    # The affinity mask, not the machine's core count: SLURM and containers give a job fewer cores.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4 * cores)
+    assert datasets.default_workers(processes) == expected

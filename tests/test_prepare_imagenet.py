@@ -481,8 +481,8 @@ def test_progress_bar_throttles_and_reports_rate_and_eta():
     bar.advance(0)
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2
-    # 50 of 100 done; 30 written in 10 s -> 3.0/s; 50 left -> ETA 0:00:16.
-    assert lines[1] == "train images: 50/100  50.0% 3.0/s elapsed 0:00:10 ETA 0:00:16"
+    # 50 of 100 done; 30 written in 10 s -> 3.0/s; 50 left -> ETA 16.7 s, shown to the nearest second.
+    assert lines[1] == "train images: 50/100  50.0% 3.0/s elapsed 0:00:10 ETA 0:00:17"
     bar.close()
     assert len(stream.getvalue().splitlines()) == 3
 
