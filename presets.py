@@ -36,15 +36,19 @@ def _check_backend(backend: str) -> str:
     return name
 
 
-def _check_interpolation(interpolation) -> InterpolationMode:
-    """Accept an InterpolationMode or its name (e.g. from a command-line option)."""
-    if isinstance(interpolation, InterpolationMode):
-        return interpolation
-    try:
-        return InterpolationMode(str(interpolation).lower())
-    except ValueError:
-        choices = ", ".join(mode.value for mode in InterpolationMode)
-        raise ValueError(f"presets: unknown interpolation {interpolation!r}; choose one of {choices}") from None
+def check_interpolation(interpolation, choices=None, *, by: str = "") -> InterpolationMode:
+    """The InterpolationMode for a mode or its name (e.g. ``--interpolation bicubic``): the one check of it.
+
+    ``choices`` (mode names) narrows what is accepted, as the fast pipeline does (``by`` names it in the
+    message); by default every mode torchvision has is. The error lists what would be accepted.
+    """
+    allowed = [mode.value for mode in InterpolationMode] if choices is None else list(choices)
+    name = interpolation.value if isinstance(interpolation, InterpolationMode) else str(interpolation).lower()
+    if name not in allowed:
+        where = f" by {by}" if by else ""
+        raise ValueError(f"--interpolation {interpolation!r} is not supported{where}; "
+                         f"choose one of {', '.join(allowed)}")
+    return InterpolationMode(name)
 
 
 def _auto_augment(transforms, policy: str, interpolation, ra_magnitude: int, augmix_severity: int):
@@ -97,7 +101,7 @@ class ClassificationPresetTrain(_Preset):
                  interpolation=InterpolationMode.BILINEAR, hflip_prob=0.5, auto_augment_policy=None,
                  ra_magnitude=9, augmix_severity=3, random_erase_prob=0.0, backend="pil", use_v2=False):
         backend = _check_backend(backend)
-        interpolation = _check_interpolation(interpolation)
+        interpolation = check_interpolation(interpolation)
         if not 0.0 <= hflip_prob <= 1.0:
             raise ValueError(f"presets: hflip_prob must be in [0, 1], got {hflip_prob}")
         if not 0.0 <= random_erase_prob <= 1.0:
@@ -129,7 +133,7 @@ class ClassificationPresetEval(_Preset):
     def __init__(self, *, crop_size, resize_size=256, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                  interpolation=InterpolationMode.BILINEAR, backend="pil", use_v2=False):
         backend = _check_backend(backend)
-        interpolation = _check_interpolation(interpolation)
+        interpolation = check_interpolation(interpolation)
         transforms = _transforms_module(use_v2)
         ops = []
         if backend == "tensor":

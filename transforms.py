@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import jpeg_roi
+import presets
 
 INTERPOLATIONS = ("bilinear", "bicubic")
 
@@ -57,15 +58,6 @@ _STANDALONE_MARKERS = frozenset([0x01, 0xD8, *range(0xD0, 0xD8)])
 # ---------------------------------------------------------------------------------------
 # Argument checks
 # ---------------------------------------------------------------------------------------
-
-
-def _check_interpolation(interpolation):
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(
-            f"transforms: interpolation {interpolation!r} is not supported by the fast pipeline; "
-            f"use one of {', '.join(INTERPOLATIONS)}"
-        )
-    return interpolation
 
 
 def _check_size(name, value):
@@ -427,7 +419,7 @@ class FastTrainTransform:
     def __init__(self, *, crop_size, interpolation="bilinear", hflip_prob=0.5, scale=(0.08, 1.0),
                  ratio=(3 / 4, 4 / 3), roi_library=None):
         self.crop_size = _check_size("crop_size", crop_size)
-        self.interpolation = _check_interpolation(interpolation)
+        self.interpolation = presets.check_interpolation(interpolation, INTERPOLATIONS, by="the fast pipeline").value
         self.hflip_prob = _check_prob("hflip_prob", hflip_prob)
         self.scale = _check_range("scale", scale)
         self.ratio = _check_range("ratio", ratio)
@@ -473,7 +465,7 @@ class FastEvalTransform:
     def __init__(self, *, crop_size, resize_size, interpolation="bilinear"):
         self.crop_size = _check_size("crop_size", crop_size)
         self.resize_size = _check_size("resize_size", resize_size)
-        self.interpolation = _check_interpolation(interpolation)
+        self.interpolation = presets.check_interpolation(interpolation, INTERPOLATIONS, by="the fast pipeline").value
         if crop_size > resize_size:
             raise ValueError(
                 f"transforms: crop_size {crop_size} is larger than resize_size {resize_size}; "
@@ -558,7 +550,7 @@ class DeviceDecoder:
     def __init__(self, *, crop_size, device, resize_size=None, interpolation="bilinear"):
         self.crop_size = _check_size("crop_size", crop_size)
         self.resize_size = None if resize_size is None else _check_size("resize_size", resize_size)
-        self.interpolation = _check_interpolation(interpolation)
+        self.interpolation = presets.check_interpolation(interpolation, INTERPOLATIONS, by="the fast pipeline").value
         self.device = torch.device(device)
         if self.resize_size is not None and self.crop_size > self.resize_size:
             raise ValueError(
