@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
+import accelerator
 import datasets
 import jpeg_roi
 import presets
@@ -52,6 +53,8 @@ class DataConfig:
     bad_images: str = "error"
     cache_dataset: bool = False
     prefetch_factor: int = 2
+    pin_memory: bool = False  # page-locked host batches: only copies to an accelerator gain from them
+    endless: bool = False  # benchmarks: the train loader runs epoch after epoch in one pass (sampler.EndlessSampler)
 
 
 @dataclass
@@ -60,8 +63,6 @@ class Loaders:
     val: DataLoader
     train_sampler: object
     classes: list
-    train_dataset: object
-    val_dataset: object
     roi_decode: bool = False  # whether training JPEGs are decoded crop region only
     decode_note: str | None = None  # one line for the log: which JPEG decode the fast backend uses and why
 
@@ -187,7 +188,7 @@ def build_data_loaders(cfg: DataConfig, *, rank: int, world_size: int, need_trai
     encoded = cfg.decode_on_device
     common = dict(
         num_workers=cfg.workers,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=cfg.pin_memory,
         worker_init_fn=_ignore_preemption_signals,
         collate_fn=collate_encoded if encoded else None,
     )
@@ -210,27 +211,28 @@ def build_data_loaders(cfg: DataConfig, *, rank: int, world_size: int, need_trai
                                                              seed=cfg.seed, drop_last=True, batch_size=cfg.batch_size)
         # A private generator: the loader must not draw from the global RNG, whose state is checkpointed and
         # must evolve identically in an interrupted and an uninterrupted run.
-        train_loader = DataLoader(splits["train"], batch_size=cfg.batch_size, sampler=train_sampler,
+        sampler = samplers.EndlessSampler(train_sampler) if cfg.endless else train_sampler
+        train_loader = DataLoader(splits["train"], batch_size=cfg.batch_size, sampler=sampler,
                                   drop_last=True, generator=torch.Generator().manual_seed(cfg.seed), **common)
     val_sampler = samplers.ExactEvalSampler(len(splits["val"]), num_replicas=world_size, rank=rank)
     val_loader = DataLoader(splits["val"], batch_size=cfg.batch_size, sampler=val_sampler, drop_last=False,
                             generator=torch.Generator().manual_seed(cfg.seed), **common)
-    return Loaders(train_loader, val_loader, train_sampler, classes, splits.get("train"), splits["val"],
-                   roi_decode=roi_library is not None, decode_note=decode_note)
+    return Loaders(train_loader, val_loader, train_sampler, classes, roi_decode=roi_library is not None, decode_note=decode_note)
 
 
 class DeviceLoader:
     """Iterates a DataLoader and yields (images, targets, n_bad) ready for the model on `device`.
 
-    The next batch is copied and prepared while the current step runs: on CUDA the copy, the optional GPU
-    decode and the normalization are issued on a side stream (a prefetcher); on the CPU the same code runs
-    without streams. uint8 batches are converted and normalized here, on the device."""
+    The next batch is copied and prepared while the current step runs: on an accelerator the copy, the optional
+    GPU decode and the normalization are issued on a side stream (a prefetcher); on the CPU the same code runs
+    without streams. uint8 batches are converted and normalized here, on the device, straight into `dtype`: the
+    autocast dtype under --amp, so the first convolution's cast is not a second pass over the batch."""
 
     def __init__(self, loader: DataLoader, device: torch.device, *, channels_last: bool, bad_images: str,
-                 decoder: "transforms.DeviceDecoder | None" = None):
+                 decoder: "transforms.DeviceDecoder | None" = None, dtype: torch.dtype = torch.float32):
         self.loader, self.device, self.channels_last = loader, device, channels_last
-        self.bad_images, self.decoder = bad_images, decoder
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.bad_images, self.decoder, self.dtype = bad_images, decoder, dtype
+        self.stream = accelerator.new_stream(device)
         self._reported: set[str] = set()
 
     def __len__(self):
@@ -250,7 +252,7 @@ class DeviceLoader:
         targets = targets.to(self.device, non_blocking=True)
         if images.dtype == torch.uint8:
             images = transforms.normalize_batch(images, presets.IMAGENET_MEAN, presets.IMAGENET_STD,
-                                                dtype=torch.float32, channels_last=self.channels_last)
+                                                dtype=self.dtype, channels_last=self.channels_last)
         elif self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, targets, n_bad
@@ -280,24 +282,29 @@ class DeviceLoader:
             return
         nxt = None
         for batch in it:
-            with torch.cuda.stream(self.stream):
+            with accelerator.on_stream(self.stream):
                 prepared = self._prepare(batch)
             if nxt is not None:
                 yield nxt
-            torch.cuda.current_stream(self.device).wait_stream(self.stream)
+            # The step that consumes `prepared` runs on the current stream: order it after the side stream's
+            # work, and tell the allocator the current stream uses these tensors, so their memory is not handed
+            # back to the side stream while the step still reads it.
+            current = accelerator.current_stream(self.device)
+            current.wait_stream(self.stream)
             for t in prepared[:2]:
-                t.record_stream(torch.cuda.current_stream(self.device))
+                t.record_stream(current)
             nxt = prepared
         if nxt is not None:
             yield nxt
 
 
 def make_device_loader(loader: DataLoader, cfg: DataConfig, device: torch.device, *, train: bool,
-                       channels_last: bool) -> DeviceLoader:
+                       channels_last: bool, dtype: torch.dtype = torch.float32) -> DeviceLoader:
     decoder = None
     if cfg.decode_on_device:
         decoder = transforms.DeviceDecoder(
             crop_size=cfg.train_crop_size if train else cfg.val_crop_size, device=device,
             resize_size=None if train else cfg.val_resize_size, interpolation=cfg.interpolation,
         )
-    return DeviceLoader(loader, device, channels_last=channels_last, bad_images=cfg.bad_images, decoder=decoder)
+    return DeviceLoader(loader, device, channels_last=channels_last, bad_images=cfg.bad_images, decoder=decoder,
+                        dtype=dtype)

@@ -227,3 +227,20 @@ class ExactEvalSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         return iter(range(self.start, self.stop))
+
+
+class EndlessSampler(torch.utils.data.Sampler):
+    """A training sampler's epochs one after another, without end: epoch 0, 1, 2, ... (each reshuffled by the
+    wrapped sampler's set_epoch). A DataLoader over it is iterated once, so its workers and their prefetched
+    batches are never torn down at an epoch boundary; benchmarks use it so that timed steps measure steady
+    state whatever the size of the data set."""
+
+    def __init__(self, sampler: DistributedTrainSampler):
+        self.sampler = sampler
+
+    def __iter__(self):
+        epoch = 0
+        while True:
+            self.sampler.set_epoch(epoch)
+            yield from iter(self.sampler)
+            epoch += 1

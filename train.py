@@ -16,10 +16,9 @@ Exit codes: 0 done; 2 bad input or configuration (one line says what); 3 the los
 """
 
 import argparse
-import contextlib
+import dataclasses
 import json
 import os
-import signal
 import sys
 import time
 
@@ -27,6 +26,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
+import accelerator
 import checkpoint as ckpt_io
 import data
 import datasets
@@ -39,6 +39,8 @@ EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later" - the job can be requeued and resumed
 MAX_CONSECUTIVE_SKIPPED_STEPS = 50  # float16 AMP: a few skipped steps are normal, a long run of them is not
+# max-autotune benchmarks kernels on every rank for many minutes; a rank that finishes first waits in a collective.
+COMPILE_DIST_TIMEOUT_MIN = 120.0
 
 
 class ConfigError(ValueError):
@@ -82,8 +84,9 @@ def get_args_parser(add_help=True):
     g = parser.add_argument_group("model and optimization")
     g.add_argument("--model", default="resnet50", type=str, help="torchvision model name")
     g.add_argument("--weights", default=None, type=str, help="the weights enum name to load")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=str,
-                   help="cuda or cpu (default: cuda when available)")
+    g.add_argument("--device", default=accelerator.default_device_type(), type=str,
+                   help="cuda, xpu, npu or cpu (default: this machine's accelerator, else cpu); under torchrun each "
+                        "process takes its local rank's card; cuda:N picks a card in a single process")
     g.add_argument("-b", "--batch-size", default=32, type=int, help="images per process (global batch = b x processes)")
     g.add_argument("--epochs", default=90, type=int, metavar="N", help="number of total epochs to run")
     g.add_argument("--opt", default="sgd", type=str.lower, help="sgd, sgd_nesterov, rmsprop or adamw")
@@ -104,13 +107,20 @@ def get_args_parser(add_help=True):
     g.add_argument("--lr-gamma", default=0.1, type=float, help="decrease lr by a factor of lr-gamma")
     g.add_argument("--lr-min", default=0.0, type=float, help="minimum lr of the cosine schedule")
     g.add_argument("--clip-grad-norm", default=None, type=float, help="the maximum gradient norm")
-    g.add_argument("--sync-bn", action="store_true", help="use synchronized BatchNorm across processes")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="use synchronized BatchNorm across processes (costs a host synchronization per BatchNorm "
+                        "layer in torch's implementation: about 50 per ResNet50 step)")
     g.add_argument("--amp", action="store_true", help="automatic mixed precision (bfloat16 autocast on CPU)")
     g.add_argument("--amp-dtype", default=None, choices=["float16", "bfloat16"],
                    help="autocast dtype (default float16 on CUDA, with GradScaler; bfloat16 on CPU)")
     g.add_argument("--channels-last", action="store_true", help="NHWC memory format for the model and the input")
+    g.add_argument("--tf32", default="on", choices=["on", "off"],
+                   help="NVIDIA Ampere and later: float32 convolutions and matmuls in TF32 (on, PyTorch's default for "
+                        "convolutions) or IEEE float32 (off)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--compile-mode", default="default", help="torch.compile mode (default, reduce-overhead, max-autotune)")
+    g.add_argument("--compile-mode", default="default",
+                   help="torch.compile mode (default, reduce-overhead, max-autotune); max-autotune modes raise the "
+                        f"collectives' timeout to at least {COMPILE_DIST_TIMEOUT_MIN:g} minutes (every rank compiles)")
     g.add_argument("--model-ema", action="store_true", help="track an exponential moving average of the weights")
     g.add_argument("--model-ema-steps", default=32, type=int, help="iterations between EMA updates")
     g.add_argument("--model-ema-decay", default=0.99998, type=float, help="EMA decay factor")
@@ -131,7 +141,9 @@ def get_args_parser(add_help=True):
     g.add_argument("--max-steps-per-epoch", default=None, type=int, help="cut every epoch after N steps (smoke tests)")
     g.add_argument("--world-size", default=1, type=int, help="number of distributed processes (set by torchrun)")
     g.add_argument("--dist-url", default="env://", type=str, help="url used to set up distributed training")
-    g.add_argument("--dist-backend", default=None, type=str, help="nccl (default on CUDA) or gloo (default on CPU)")
+    g.add_argument("--dist-backend", default=None, type=str,
+                   help="default process group's backend (default: nccl on CUDA, xccl on XPU, hccl on NPU, gloo on "
+                        "CPU); host values always travel on a separate gloo group")
     g.add_argument("--dist-timeout", default=30.0, type=float, metavar="MINUTES", help="a collective waiting longer fails")
 
     g = parser.add_argument_group("benchmark")
@@ -148,12 +160,10 @@ def get_args_parser(add_help=True):
 def validate_args(args) -> None:
     if args.benchmark != "model" and args.data_path is None:
         raise ConfigError("--data-path is required (a folder with train/<class>/ and val/<class>/)")
-    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
-        raise ConfigError(f"--device {args.device!r} is not supported; use cuda or cpu")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    if args.decode_device == "cuda" and not args.device.startswith("cuda"):
-        raise ConfigError("--decode-device cuda needs --device cuda")
+    device = run_device(args)
+    if args.decode_device == "cuda" and not accelerator.is_nvidia(device):
+        raise ConfigError("--decode-device cuda decodes with nvJPEG, which NVIDIA GPUs alone have: it needs "
+                          "--device cuda on an NVIDIA GPU; use --decode-device cpu")
     if args.backend not in data.BACKENDS:
         raise ConfigError(f"--backend {args.backend!r} is not supported; choose one of {', '.join(data.BACKENDS)}")
     if args.roi_decode == "on" and (args.backend != "fast" or args.decode_device == "cuda"):
@@ -165,10 +175,10 @@ def validate_args(args) -> None:
     if args.lr_warmup_method not in ("linear", "constant"):
         raise ConfigError(f"--lr-warmup-method {args.lr_warmup_method!r} is not supported; choose linear or constant")
     launched = utils.read_launcher_env()
-    if args.sync_bn and not args.device.startswith("cuda") and launched and launched["world_size"] > 1:
-        raise ConfigError("--sync-bn needs CUDA (SyncBatchNorm runs on GPUs only); drop it for CPU runs")
-    if args.amp and args.amp_dtype == "float16" and not args.device.startswith("cuda"):
-        raise ConfigError("--amp-dtype float16 needs CUDA; on CPU --amp uses bfloat16")
+    if args.sync_bn and device.type == "cpu" and launched and launched["world_size"] > 1:
+        raise ConfigError("--sync-bn needs an accelerator (SyncBatchNorm does not run on the CPU); drop it for CPU runs")
+    if args.amp and args.amp_dtype == "float16" and device.type == "cpu":
+        raise ConfigError("--amp-dtype float16 needs an accelerator; on CPU --amp uses bfloat16")
     for name in ("batch_size", "epochs", "print_freq", "eval_interval", "benchmark_steps"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
@@ -184,6 +194,24 @@ def validate_args(args) -> None:
         raise ConfigError("--resume auto looks in --output-dir; set --output-dir")
 
 
+def run_device(args) -> torch.device:
+    """This process's device from --device and the launcher's local rank (see accelerator.resolve_device)."""
+    launched = utils.read_launcher_env() or {"local_rank": 0, "world_size": 1}
+    try:
+        return accelerator.resolve_device(args.device, local_rank=launched["local_rank"],
+                                          world_size=launched["world_size"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def dist_timeout_minutes(args) -> float:
+    """--dist-timeout, raised while max-autotune compiles: every rank benchmarks kernels for many minutes at its
+    first steps, and the first to finish waits in a collective for the slowest."""
+    if args.compile and "max-autotune" in args.compile_mode:
+        return max(args.dist_timeout, COMPILE_DIST_TIMEOUT_MIN)
+    return args.dist_timeout
+
+
 def default_workers(local_world_size: int) -> int:
     """CPU cores this process may use, shared by the processes of this node, at most 16 per process."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -194,7 +222,7 @@ def resolve_precision(args, device: torch.device) -> tuple[torch.dtype | None, b
     """(autocast dtype or None, whether a GradScaler is needed)."""
     if not args.amp:
         return None, False
-    if device.type == "cpu":
+    if device.type == "cpu":  # CPU autocast computes in bfloat16, which needs no loss scaling
         return torch.bfloat16, False
     dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
     return dtype, dtype == torch.float16
@@ -207,14 +235,15 @@ def precision_name(amp_dtype) -> str:
 # ------------------------------------------------------------------------------------------------------------
 # Builders
 # ------------------------------------------------------------------------------------------------------------
-def build_model(name: str, weights: str | None, num_classes: int, *, sync_bn: bool, channels_last: bool,
-                device: torch.device) -> nn.Module:
+def build_model(name: str, weights: str | None, num_classes: int, *, channels_last: bool, device: torch.device,
+                sync_bn_group=None) -> nn.Module:
+    """The torchvision model on `device`; with `sync_bn_group`, BatchNorm layers synchronize over that group."""
     try:
         model = torchvision.models.get_model(name, weights=weights, num_classes=num_classes)
     except ValueError as e:
         raise ConfigError(f"--model {name} / --weights {weights}: {e}") from e
-    if sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if sync_bn_group is not None:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=sync_bn_group)
     model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -230,8 +259,8 @@ def build_optimizer(model: nn.Module, *, opt: str, lr: float, momentum: float, w
         for key in ("class_token", "position_embedding", "relative_position_bias_table"):
             custom_keys.append((key, transformer_embedding_decay))
     params = utils.set_weight_decay(model, weight_decay, norm_weight_decay, custom_keys or None)
-    # Fused kernels on CUDA update all parameters in a few launches instead of one per tensor.
-    fast = {"fused": True} if device.type == "cuda" else {}
+    # Fused kernels on an accelerator update all parameters in a few launches instead of one per tensor.
+    fast = {"fused": True} if device.type != "cpu" else {}
     if opt.startswith("sgd"):
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                                nesterov="nesterov" in opt, **fast)
@@ -264,8 +293,8 @@ def build_ema(model: nn.Module, *, world_size: int, batch_size: int, ema_steps: 
     )
 
 
-def data_config(args, seed: int, workers: int) -> data.DataConfig:
-    return data.DataConfig(
+def data_config(args, seed: int, workers: int, device: torch.device) -> data.DataConfig:
+    return data.DataConfig(pin_memory=accelerator.pin_memory(device),
         data_path=args.data_path, backend=args.backend, decode_on_device=args.decode_device == "cuda",
         batch_size=args.batch_size, workers=workers, train_crop_size=args.train_crop_size,
         val_resize_size=args.val_resize_size, val_crop_size=args.val_crop_size, interpolation=args.interpolation,
@@ -276,29 +305,6 @@ def data_config(args, seed: int, workers: int) -> data.DataConfig:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Preemption
-# ------------------------------------------------------------------------------------------------------------
-class PreemptionFlag:
-    """SIGTERM / SIGUSR1 (what SLURM and Kubernetes send before a kill) only set a flag; the training loop
-    checks it at step boundaries, all ranks agree, save a checkpoint and exit with EXIT_PREEMPTED."""
-
-    def __init__(self):
-        self.signum = None
-
-    def install(self):
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, _frame):
-        self.signum = signum
-
-    @property
-    def set(self) -> bool:
-        return self.signum is not None
-
-
-# ------------------------------------------------------------------------------------------------------------
 # The run
 # ------------------------------------------------------------------------------------------------------------
 def main(args) -> int:
@@ -306,12 +312,18 @@ def main(args) -> int:
     if args.verify_data:
         return datasets.run_verify(args.data_path, args.workers)
 
-    device = torch.device(args.device)
-    dist_info = utils.init_distributed(args.dist_backend or ("nccl" if device.type == "cuda" else "gloo"),
-                                       args.dist_url, args.dist_timeout, device.type)
-    if device.type == "cuda":
-        device = torch.device("cuda", dist_info.local_rank)
+    device = run_device(args)
+    accelerator.activate(device)  # before the process group, so that NCCL binds to this process's card
+    accelerator.set_tf32(args.tf32 == "on")
+    timeout = dist_timeout_minutes(args)
+    dist_info = utils.init_distributed(device, accelerator.dist_backend(device, args.dist_backend), args.dist_url,
+                                       timeout)
     log = print if dist_info.is_main else (lambda *a, **k: None)
+    if accelerator.tf32_note(device, args.tf32 == "on"):
+        log(accelerator.tf32_note(device, args.tf32 == "on"))
+    if timeout > args.dist_timeout:
+        log(f"--compile-mode {args.compile_mode}: collectives wait up to {timeout:g} minutes (--dist-timeout "
+            f"{args.dist_timeout:g}) while every rank compiles")
     try:
         if args.benchmark:
             return run_benchmark(args, device, dist_info, log)
@@ -329,17 +341,17 @@ def run_training(args, device: torch.device, dist_info: utils.DistInfo, log) -> 
     utils.seed_everything(seed, dist_info.rank)
 
     workers = args.workers if args.workers is not None else default_workers(dist_info.local_world_size)
-    cfg = data_config(args, seed, workers)
+    cfg = data_config(args, seed, workers, device)
     loaders = data.build_data_loaders(cfg, rank=dist_info.rank, world_size=dist_info.world_size,
                                       need_train=not args.test_only)
     if loaders.decode_note:
         log(loaders.decode_note)
     num_classes = len(loaders.classes)
-    model = build_model(args.model, args.weights, num_classes, sync_bn=args.sync_bn and dist_info.distributed,
-                        channels_last=args.channels_last, device=device)
+    model = build_model(args.model, args.weights, num_classes, channels_last=args.channels_last, device=device,
+                        sync_bn_group=dist_info.device_group if args.sync_bn and dist_info.distributed else None)
     model_without_ddp = model
     amp_dtype, use_scaler = resolve_precision(args, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    scaler = accelerator.grad_scaler(device, enabled=use_scaler)
     optimizer = build_optimizer(model, opt=args.opt, lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay, norm_weight_decay=args.norm_weight_decay,
                                 bias_weight_decay=args.bias_weight_decay,
@@ -363,11 +375,13 @@ def run_training(args, device: torch.device, dist_info: utils.DistInfo, log) -> 
         save_args(args, args.output_dir)  # after restore: a resume may have taken the checkpoint's seed
 
     if dist_info.distributed:
-        model = wrap_ddp(model, device)
+        model = wrap_ddp(model, device, dist_info.device_group)
     train_model = torch.compile(model, mode=args.compile_mode) if args.compile else model
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     autocast = autocast_factory(device, amp_dtype)
-    val_loader = data.make_device_loader(loaders.val, cfg, device, train=False, channels_last=args.channels_last)
+    input_dtype = amp_dtype or torch.float32  # the uint8 pipeline normalizes straight into the autocast dtype
+    val_loader = data.make_device_loader(loaders.val, cfg, device, train=False, channels_last=args.channels_last,
+                                         dtype=input_dtype)
 
     if args.test_only:
         stats = evaluate(model_without_ddp, criterion, val_loader, device, autocast=autocast, dist_info=dist_info)
@@ -377,15 +391,16 @@ def run_training(args, device: torch.device, dist_info: utils.DistInfo, log) -> 
     global_batch = args.batch_size * dist_info.world_size
     mixup = transforms.get_mixup_cutmix(mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha,
                                              num_classes=num_classes, use_v2=args.use_v2)
-    train_loader = data.make_device_loader(loaders.train, cfg, device, train=True, channels_last=args.channels_last)
+    train_loader = data.make_device_loader(loaders.train, cfg, device, train=True, channels_last=args.channels_last,
+                                           dtype=input_dtype)
     train_step = TrainStep(train_model, criterion, optimizer, schedule=schedule, scaler=scaler, autocast=autocast,
                            device=device, mixup=mixup, model_ema=model_ema, ema_steps=args.model_ema_steps,
                            warmup_epochs=args.lr_warmup_epochs, clip_grad_norm=args.clip_grad_norm)
     sink = metrics.MetricsSink(args.output_dir or None, is_main=dist_info.is_main, tensorboard=args.tensorboard)
     sink.start(resume_epoch=start_epoch if resume["resumed"] else None)
-    power = metrics.PowerMonitor(device.index if device.type == "cuda" else None)
+    power = accelerator.PowerMonitor(device)
     power.start()
-    preempt = PreemptionFlag().install()
+    stop = utils.StopAgreement(utils.PreemptionFlag().install(), dist_info)
     run = RunState(best_acc1=resume["best_acc1"], wall_offset=resume["wall_time_s"], run_start=run_start,
                    global_step=resume["global_step"], time_to_target_s=resume.get("time_to_target_s"),
                    epochs_to_target=resume.get("epochs_to_target"))
@@ -411,13 +426,13 @@ def run_training(args, device: torch.device, dist_info: utils.DistInfo, log) -> 
             train_stats = train_one_epoch(
                 train_step, train_loader, device, epoch, start_step=first_step, num_steps=steps_per_epoch,
                 print_freq=args.print_freq, global_batch=global_batch, dist_info=dist_info, log=log,
-                preempt=preempt, checkpoint_interval=args.checkpoint_interval,
+                stop=stop, checkpoint_interval=args.checkpoint_interval,
                 save_mid_epoch=lambda step: save(epoch - 1, step, epoch_end=False, is_best=False), run=run,
             )
             if train_stats["stopped"]:
                 save(epoch - 1, train_stats["steps_done"], epoch_end=False, is_best=False)
                 status = "preempted"
-                log(f"preempted by signal {preempt.signum}: checkpoint saved at epoch {epoch} step "
+                log(f"preempted by signal {stop.flag.signum}: checkpoint saved at epoch {epoch} step "
                     f"{train_stats['steps_done']}; exiting with code {EXIT_PREEMPTED} (resume with --resume auto)")
                 return EXIT_PREEMPTED
             last = epoch == args.epochs - 1
@@ -433,13 +448,16 @@ def run_training(args, device: torch.device, dist_info: utils.DistInfo, log) -> 
                 run.time_to_target_s, run.epochs_to_target = run.wall_time(), epoch + 1
             epoch_time = time.perf_counter() - epoch_start
             run.epoch_times.append(epoch_time)
-            record = epoch_record(epoch, train_stats, val_stats, ema_stats, epoch_time, device, run,
+            peak_mem_gb = accelerator.peak_memory_gb(device)
+            accelerator.reset_peak_memory(device)  # each epoch's record covers that epoch only
+            record = epoch_record(epoch, train_stats, val_stats, ema_stats, epoch_time, peak_mem_gb, run,
                                   remaining_epochs=0 if reached else args.epochs - epoch - 1)
             save(epoch, 0, epoch_end=True, is_best=is_best)
             log(sink.log_epoch(record))
             if dist_info.is_main:
                 sink.write_summary(build_summary(args, sink_records(args), run, dist_info, device, amp_dtype,
-                                                 global_batch, power, status="running"))
+                                                 global_batch, (None, "measured at the end of the run"),
+                                                 status="running"))
             if reached:
                 status = "target_reached"
                 log(f"target Acc@1 {args.target_acc} reached at epoch {epoch} after {run.time_to_target_s:.1f}s")
@@ -447,9 +465,10 @@ def run_training(args, device: torch.device, dist_info: utils.DistInfo, log) -> 
         else:
             status = "finished"
     finally:
+        power_reading = power.stop()
         if dist_info.is_main:
             sink.write_summary(build_summary(args, sink_records(args), run, dist_info, device, amp_dtype,
-                                             global_batch, power, status=status))
+                                             global_batch, power_reading, status=status))
         sink.close()
     check_weights_in_sync(model_without_ddp, dist_info, log)
     log(f"Training time {utils.format_seconds(run.wall_time())}")
@@ -495,11 +514,12 @@ class RunState:
         return self.wall_offset + time.time() - self.run_start
 
 
-def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+def wrap_ddp(model: nn.Module, device: torch.device, device_group) -> nn.Module:
+    """DDP over the device group. No static_graph: ResNet50 has no unused parameters, so it would buy nothing,
+    and together with torch.compile it is a fragile pairing."""
     return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None,
+        model, device_ids=[device.index] if device.type != "cpu" else None, process_group=device_group,
         gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: no copy in and out
-        static_graph=True,  # the same parameters take part in every step: DDP can plan its buckets once
     )
 
 
@@ -513,12 +533,7 @@ def setup_determinism(deterministic: bool, device: torch.device) -> None:
 
 
 def autocast_factory(device: torch.device, amp_dtype):
-    def autocast():
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=amp_dtype)
-
-    return autocast
+    return lambda: accelerator.autocast(device, amp_dtype)
 
 
 def save_args(args, output_dir: str) -> None:
@@ -601,11 +616,12 @@ class TrainStep:
 
 
 def train_one_epoch(train_step: TrainStep, data_loader, device, epoch, *, start_step, num_steps, print_freq,
-                    global_batch, dist_info, log, preempt, checkpoint_interval, save_mid_epoch, run) -> dict:
+                    global_batch, dist_info, log, stop, checkpoint_interval, save_mid_epoch, run) -> dict:
     """Train from `start_step` to `num_steps` and return the epoch's measurements. Losses and accuracies add
     up on the device and are read every `print_freq` steps only, so the loop does not wait on the GPU; the
     first steps (warmup: allocator, cuDNN autotuning, compile) are left out of the images/s figure."""
     train_step.model.train()
+    stop.start_epoch()
     logger = utils.StepLogger(f"Epoch: [{epoch}]", num_steps, print_freq, device, dist_info.is_main)
     warmup_steps = min(10, max(0, (num_steps - start_step) // 5))
     timed_start = time.perf_counter()
@@ -616,7 +632,7 @@ def train_one_epoch(train_step: TrainStep, data_loader, device, epoch, *, start_
     batches = iter(data_loader)
     t_wait = time.perf_counter()
     while step < num_steps:
-        if utils.any_rank_true(preempt.set, dist_info):  # all ranks stop at the same step
+        if stop.should_stop(step):  # all ranks agree, and stop at the same step
             stopped = True
             break
         try:
@@ -625,7 +641,7 @@ def train_one_epoch(train_step: TrainStep, data_loader, device, epoch, *, start_
             break
         data_time = time.perf_counter() - t_wait
         if step - start_step == warmup_steps and warmup_steps:
-            sync(device)
+            accelerator.synchronize(device)
             timed_start, data_wait, timed_images = time.perf_counter(), 0.0, 0
         data_wait += data_time
         n_bad += bad.sum()
@@ -643,12 +659,12 @@ def train_one_epoch(train_step: TrainStep, data_loader, device, epoch, *, start_
             save_mid_epoch(step)
         t_wait = time.perf_counter()
     train_step.check_health(epoch, step)
-    sync(device)
+    accelerator.synchronize(device)
     elapsed = max(1e-9, time.perf_counter() - timed_start)
     # Loss and accuracy over all ranks' samples; throughput = all ranks' images over the slowest rank's time.
     sums = utils.dist_sum([timed_images, float(n_bad), logger.loss_sum.item(), logger.correct1.item(),
-                           logger.correct5.item(), logger.samples], dist_info, "cpu")
-    slowest = utils.dist_max([elapsed], dist_info, "cpu")[0]
+                           logger.correct5.item(), logger.samples], dist_info)
+    slowest = utils.dist_max([elapsed], dist_info)[0]
     n = sums[5] or float("nan")
     skipped = train_step.take_skipped_count()
     if skipped:
@@ -659,11 +675,6 @@ def train_one_epoch(train_step: TrainStep, data_loader, device, epoch, *, start_
         "imgs_per_sec": sums[0] / slowest, "data_wait_frac": min(1.0, data_wait / elapsed),
         "bad_images": int(sums[1]),
     }
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -686,7 +697,7 @@ def evaluate(model, criterion, data_loader, device, *, autocast, dist_info) -> d
             correct5 += c5
             count += images.shape[0]
     total_loss, total1, total5, total = utils.dist_sum(
-        [loss_sum.item(), correct1.item(), correct5.item(), count], dist_info, "cpu")
+        [loss_sum.item(), correct1.item(), correct5.item(), count], dist_info)
     total = int(total)
     n = max(1, total)
     return {"loss": total_loss / n, "acc1": total1 * 100.0 / n, "acc5": total5 * 100.0 / n, "count": total}
@@ -780,7 +791,7 @@ def restore(args, model, optimizer, scaler, model_ema, train_sampler, dist_info,
 # ------------------------------------------------------------------------------------------------------------
 # Metrics records
 # ------------------------------------------------------------------------------------------------------------
-def epoch_record(epoch, train_stats, val_stats, ema_stats, epoch_time, device, run, remaining_epochs) -> dict:
+def epoch_record(epoch, train_stats, val_stats, ema_stats, epoch_time, peak_mem_gb, run, remaining_epochs) -> dict:
     mean_epoch = sum(run.epoch_times) / len(run.epoch_times)
     return {
         "epoch": epoch,
@@ -793,7 +804,7 @@ def epoch_record(epoch, train_stats, val_stats, ema_stats, epoch_time, device, r
         "imgs_per_sec": train_stats["imgs_per_sec"],
         "data_wait_frac": train_stats["data_wait_frac"],
         "epoch_time_s": epoch_time,
-        "peak_mem_gb": metrics.peak_device_memory_gb(device),
+        "peak_mem_gb": peak_mem_gb,
         "peak_host_rss_gb": metrics.peak_host_rss_gb(),
         "bad_images": train_stats["bad_images"],
         "eta_s": mean_epoch * remaining_epochs,
@@ -806,8 +817,10 @@ def sink_records(args) -> list[dict]:
     return metrics.read_jsonl(path) if path and os.path.isfile(path) else []
 
 
-def build_summary(args, records, run: RunState, dist_info, device, amp_dtype, global_batch, power, status) -> dict:
-    mean_power, power_note = power.stop() if status != "running" else (None, "measured at the end of the run")
+def build_summary(args, records, run: RunState, dist_info, device, amp_dtype, global_batch, power_reading,
+                  status) -> dict:
+    """summary.json's content; `power_reading` is (mean watts or None, note) from the PowerMonitor."""
+    mean_power, power_note = power_reading
     run_info = {
         "status": status, "model": args.model, "epochs_planned": args.epochs, "wall_time_s": run.wall_time(),
         "target_acc": args.target_acc, "time_to_target_s": run.time_to_target_s,
@@ -818,7 +831,7 @@ def build_summary(args, records, run: RunState, dist_info, device, amp_dtype, gl
         "mean_power_w_per_card": mean_power, "power_note": power_note,
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
     }
-    env = metrics.environment_info(device)
+    env = accelerator.environment_info(device)
     run_info.update(device=device.type, device_names=env["device_names"],
                     versions={k: env[k] for k in ("python", "torch", "torchvision", "cuda", "cudnn")})
     return metrics.summarize_run(records, run_info)
@@ -838,29 +851,28 @@ def run_benchmark(args, device, dist_info, log) -> int:
     batches = None
     roi_decode = None
     if args.benchmark in ("data", "full"):
-        cfg = data_config(args, seed, workers)
+        # Endless: the loader is iterated once, so timed steps never wait on workers restarting at an epoch end.
+        cfg = dataclasses.replace(data_config(args, seed, workers, device), endless=True)
         loaders = data.build_data_loaders(cfg, rank=dist_info.rank, world_size=dist_info.world_size)
         if loaders.decode_note:
             log(loaders.decode_note)
         roi_decode = loaders.roi_decode
         num_classes = len(loaders.classes)
-        train_loader = data.make_device_loader(loaders.train, cfg, device, train=True,
-                                               channels_last=args.channels_last)
-        batches = endless(train_loader, loaders.train_sampler)
+        batches = iter(data.make_device_loader(loaders.train, cfg, device, train=True,
+                                               channels_last=args.channels_last, dtype=amp_dtype or torch.float32))
     train_step = None
     if args.benchmark in ("model", "full"):
-        model = build_model(args.model, None, num_classes, sync_bn=False, channels_last=args.channels_last,
-                            device=device)
+        model = build_model(args.model, None, num_classes, channels_last=args.channels_last, device=device)
         optimizer = build_optimizer(model, opt=args.opt, lr=args.lr, momentum=args.momentum,
                                     weight_decay=args.weight_decay, norm_weight_decay=None, bias_weight_decay=None,
                                     transformer_embedding_decay=None, device=device)
         if dist_info.distributed:
-            model = wrap_ddp(model, device)
+            model = wrap_ddp(model, device, dist_info.device_group)
         if args.compile:
             model = torch.compile(model, mode=args.compile_mode)
         # The very step training runs, so the figure is the trainer's, not a stripped-down loop's.
         train_step = TrainStep(model, nn.CrossEntropyLoss(), optimizer, schedule=build_lr_schedule(args, 1),
-                               scaler=torch.amp.GradScaler("cuda", enabled=use_scaler), autocast=autocast,
+                               scaler=accelerator.grad_scaler(device, enabled=use_scaler), autocast=autocast,
                                device=device)
         model.train()
 
@@ -868,32 +880,38 @@ def run_benchmark(args, device, dist_info, log) -> int:
         batches = synthetic_batches(args.batch_size, args.train_crop_size, num_classes, device, args.channels_last)
     total = args.benchmark_warmup + args.benchmark_steps
     images_timed = 0
+    host_wait = 0.0  # time this thread spent obtaining batches: what the input pipeline costs the step loop
     start = None
     for i in range(total):
         if i == args.benchmark_warmup:
-            sync(device)
+            accelerator.synchronize(device)
             utils.barrier(dist_info)
             start = time.perf_counter()
+        t_fetch = time.perf_counter()
         images, target, _ = next(batches)
+        if i >= args.benchmark_warmup:
+            host_wait += time.perf_counter() - t_fetch
         if train_step is not None:
             train_step(images, target, 0, 0)
         if i >= args.benchmark_warmup:
             images_timed += images.shape[0]
-    sync(device)
+    accelerator.synchronize(device)
     elapsed = time.perf_counter() - start
-    total_images = utils.dist_sum([images_timed], dist_info, "cpu")[0]
-    slowest = utils.dist_max([elapsed], dist_info, "cpu")[0]
+    total_images = utils.dist_sum([images_timed], dist_info)[0]
+    slowest, slowest_wait = utils.dist_max([elapsed, host_wait], dist_info)
     result = {
         "benchmark": args.benchmark, "imgs_per_sec": total_images / slowest, "steps": args.benchmark_steps,
         "warmup_steps": args.benchmark_warmup, "batch_size": args.batch_size, "world_size": dist_info.world_size,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": accelerator.device_name(device) if device.type != "cpu" else "cpu",
         "model": args.model, "precision": precision_name(amp_dtype),
+        "tf32": args.tf32 == "on" if accelerator.is_nvidia(device) else None,
         "memory_format": "channels_last" if args.channels_last else "contiguous", "compile": args.compile,
         "backend": args.backend if args.benchmark != "model" else None,
         "decode_device": args.decode_device if args.benchmark != "model" else None,
         "roi_decode": roi_decode,
         "crop_size": args.train_crop_size, "workers": workers if args.benchmark != "model" else None,
         "seconds": slowest,
+        "host_ms_per_batch": 1000.0 * slowest_wait / args.benchmark_steps,
     }
     if dist_info.is_main:
         if args.output_dir:
@@ -913,14 +931,6 @@ def synthetic_batches(batch_size, crop, num_classes, device, channels_last):
     n_bad = torch.zeros(batch_size, dtype=torch.int64)
     while True:
         yield images, target, n_bad
-
-
-def endless(device_loader, train_sampler):
-    epoch = 0
-    while True:
-        train_sampler.set_epoch(epoch)
-        yield from device_loader
-        epoch += 1
 
 
 # ------------------------------------------------------------------------------------------------------------

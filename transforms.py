@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import accelerator
 import jpeg_roi
 import presets
 
@@ -525,12 +526,7 @@ class EncodedTrainTransform:
 
 class EncodedEvalTransform:
     """Worker side of device decoding for evaluation: the bytes and params of -1 (meaning
-    resize + centre crop, done by DeviceDecoder). The sizes are accepted for symmetry with
-    the other transforms; the device side is what uses them."""
-
-    def __init__(self, *, crop_size=None, resize_size=None):
-        self.crop_size = None if crop_size is None else _check_size("crop_size", crop_size)
-        self.resize_size = None if resize_size is None else _check_size("resize_size", resize_size)
+    resize + centre crop, with DeviceDecoder's sizes)."""
 
     def __call__(self, data, path):
         payload, _, _ = _encoded_payload(data, path)
@@ -581,6 +577,9 @@ class DeviceDecoder:
         """Decoded CHW tensors on the device, None for those that cannot be decoded."""
         if not payloads:
             return []
+        # nvJPEG allocates its outputs on the current stream but writes them on a private one, so a block that
+        # kernels queued earlier on this stream still use could be overwritten (pytorch/vision#9606): drain it.
+        accelerator.drain_current_stream(self.device)
         try:
             return [image.to(self.device) for image in _tv_decode_jpeg(payloads, device=self.device)]
         except (RuntimeError, ValueError):
@@ -590,6 +589,7 @@ class DeviceDecoder:
         devices = [self.device] if self.device.type == "cpu" else [self.device, torch.device("cpu")]
         for device in devices:
             try:
+                accelerator.drain_current_stream(device)
                 return _tv_decode_jpeg(payload, device=device).to(self.device)
             except (RuntimeError, ValueError):
                 continue
@@ -621,9 +621,10 @@ def normalize_batch(batch, mean, std, *, dtype=torch.float32, channels_last=Fals
     """uint8 NCHW -> ``dtype``, computing (x / 255 - mean) / std as one multiply-add
     ``x * scale + shift`` per element.
 
-    The output is allocated once, in its final memory format, and filled without float
-    temporaries (see _scale_shift_into). Half precision outputs are computed in float32
-    and cast, so their only extra error is the final rounding.
+    The output is allocated once, in its final dtype and memory format, and filled without
+    a batch-sized temporary (see _scale_shift_into). The arithmetic is float32 (float64 for
+    a float64 output) whatever ``dtype`` is, so a half-precision output (the autocast dtype
+    under --amp) differs from the float32 result only by its final rounding.
     """
     if batch.dtype != torch.uint8 or batch.dim() != 4:
         raise ValueError(
@@ -638,33 +639,42 @@ def normalize_batch(batch, mean, std, *, dtype=torch.float32, channels_last=Fals
     scale = _per_channel([1.0 / (255.0 * float(s)) for s in std], batch.device, work)
     shift = _per_channel([-float(m) / float(s) for m, s in zip(mean, std)], batch.device, work)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    out = torch.empty(batch.shape, dtype=work, device=batch.device, memory_format=fmt)
+    out = torch.empty(batch.shape, dtype=dtype, device=batch.device, memory_format=fmt)
     _scale_shift_into(out, batch, scale, shift, one_pass=batch.device.type != "cpu")
-    return out if work == dtype else out.to(dtype=dtype, memory_format=fmt)
+    return out
 
 
 def _per_channel(values, device, dtype):
-    """(1, C, 1, 1) constants on ``device``. On CUDA they are copied from pinned memory:
-    a copy from pageable memory would make the host wait for all work queued on the
+    """(1, C, 1, 1) constants on ``device``. On an accelerator they are copied from pinned
+    memory: a copy from pageable memory would make the host wait for all work queued on the
     stream, stalling the loader's prefetching."""
     constants = torch.tensor(values, dtype=dtype).view(1, -1, 1, 1)
-    if device.type == "cuda":
+    if accelerator.pin_memory(device):
         return constants.pin_memory().to(device, non_blocking=True)
     return constants.to(device)
 
 
 def _scale_shift_into(out, batch, scale, shift, *, one_pass):
-    """out = batch * scale + shift. On GPUs one kernel reads uint8 and writes float (one
-    pass over memory). On the CPU, torch's mixed-dtype addcmul is slower than a plain
-    conversion followed by two in-place vectorised ops, so that is used there, one image
-    at a time: an image's floats (0.6 MB at 224 px) stay in cache across the three passes,
-    a whole batch's do not."""
+    """out = batch * scale + shift, computed in scale's dtype and rounded once into out's.
+
+    On GPUs one kernel reads uint8 and writes the output dtype (one pass over memory). On
+    the CPU, torch's mixed-dtype addcmul is slower than a plain conversion followed by two
+    in-place vectorised ops, so that is used there, one image at a time: an image's floats
+    (0.6 MB at 224 px) stay in cache across the passes, a whole batch's do not."""
     if one_pass:
         torch.addcmul(shift, batch, scale, out=out)
         return
+    direct = out.dtype == scale.dtype
+    work = None
     for image, result in zip(batch, out):
-        result.copy_(image)
-        result.mul_(scale[0]).add_(shift[0])
+        if direct:
+            work = result
+        elif work is None:
+            work = torch.empty(image.shape, dtype=scale.dtype)
+        work.copy_(image)
+        work.mul_(scale[0]).add_(shift[0])
+        if not direct:
+            result.copy_(work)
 
 
 class _MixUpCutMix:

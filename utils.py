@@ -9,8 +9,8 @@ import datetime
 import math
 import os
 import random
+import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -18,45 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Files
-# ----------------------------------------------------------------------------------------------------------
-def fsync_dir(folder: str) -> None:
-    """fsync a folder so a just-renamed entry survives a power loss (a no-op where unsupported)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str, write, *, binary: bool = True) -> None:
-    """Write a file so that readers see the old content or the new, never half of it.
-
-    `write(f)` fills a temporary file in the same folder (os.replace is atomic only within one file system),
-    which is flushed and fsync'd before it is renamed over `path`. On any failure (disk full, a kill between
-    two writes) the temporary file is removed and `path` is untouched."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(folder)
+import accelerator
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -64,12 +26,21 @@ def atomic_write(path: str, write, *, binary: bool = True) -> None:
 # ----------------------------------------------------------------------------------------------------------
 @dataclass
 class DistInfo:
+    """Who this process is, and the two process groups every collective goes through:
+
+    - `device_group`: device tensors (DDP's gradient buckets, SyncBatchNorm, on-device reductions), on the
+      device's backend (NCCL for CUDA, XCCL, HCCL; gloo on the CPU);
+    - `control_group`: host values (loss sums, counts, flags, pickled objects, barriers) on a gloo group that
+      always exists, so they never touch the device's backend: NCCL refuses CPU tensors, and a host value
+      reduced on the device would cost a copy and a synchronization."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     local_world_size: int = 1
     distributed: bool = False
-    control_group: object = None  # a gloo group for host-side flags, so they never sync the GPU
+    device_group: object = None
+    control_group: object = None
 
     @property
     def is_main(self) -> bool:
@@ -119,16 +90,18 @@ def first_slurm_host(nodelist: str) -> str:
     return first
 
 
-def init_distributed(dist_backend: str, dist_url: str, timeout_minutes: float, device_type: str) -> DistInfo:
-    """Start the process group when launched by torchrun or SLURM; a single process otherwise."""
+def init_distributed(device: torch.device, dist_backend: str, dist_url: str, timeout_minutes: float) -> DistInfo:
+    """Start the process group when launched by torchrun or SLURM; a single process otherwise.
+
+    The default group uses `dist_backend`. Device tensors go to it when its backend serves `device` (NCCL and
+    CUDA, gloo and the CPU); otherwise (e.g. `--dist-backend cuda:gloo --device cpu`, the CPU stand-in for NCCL's
+    rule that it reduces CUDA tensors only) they get a group of the device's own default backend."""
     env = read_launcher_env()
     if env is None or env["world_size"] <= 1 and "RANK" not in os.environ:
         return DistInfo()
     if "master_addr" in env:  # SLURM without torchrun: env:// needs these two
         os.environ.setdefault("MASTER_ADDR", env["master_addr"])
         os.environ.setdefault("MASTER_PORT", "29500")
-    if device_type == "cuda":
-        torch.cuda.set_device(env["local_rank"])
     timeout = datetime.timedelta(minutes=timeout_minutes)
     store, rank, world_size = next(dist.rendezvous(dist_url, rank=env["rank"], world_size=env["world_size"],
                                                    timeout=timeout))
@@ -136,38 +109,36 @@ def init_distributed(dist_backend: str, dist_url: str, timeout_minutes: float, d
     # workers would read the dead workers' addresses and fail to connect.
     store = dist.PrefixStore(f"attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
     dist.init_process_group(backend=dist_backend, store=store, world_size=world_size, rank=rank, timeout=timeout)
-    control = dist.new_group(backend="gloo", timeout=timeout) if dist_backend != "gloo" else None
+    # Every rank creates the same groups in the same order, as new_group requires.
+    control = dist.new_group(backend="gloo", timeout=timeout)
+    if accelerator.group_serves(dist.group.WORLD, device.type):
+        device_group = dist.group.WORLD
+    else:
+        device_group = dist.new_group(backend=accelerator.dist_backend(device), timeout=timeout)
     return DistInfo(
         rank=env["rank"],
         world_size=env["world_size"],
         local_rank=env["local_rank"],
         local_world_size=env["local_world_size"],
         distributed=True,
+        device_group=device_group,
         control_group=control,
     )
 
 
-def any_rank_true(flag: bool, info: DistInfo) -> bool:
-    """True when the flag is set on any rank: one tiny all-reduce on the host (gloo), no device sync."""
-    if not info.distributed:
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=info.control_group)
-    return bool(t.item())
-
-
-def dist_sum(values, info: DistInfo, device) -> list:
-    """Sum a list of numbers over all ranks (exact: float64)."""
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+def dist_sum(values, info: DistInfo) -> list:
+    """Sum a list of host numbers over all ranks, exactly (float64), on the control group."""
+    t = torch.tensor(values, dtype=torch.float64)
     if info.distributed:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=info.control_group)
     return t.tolist()
 
 
-def dist_max(values, info: DistInfo, device) -> list:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+def dist_max(values, info: DistInfo) -> list:
+    """Element-wise maximum of a list of host numbers over all ranks, on the control group."""
+    t = torch.tensor(values, dtype=torch.float64)
     if info.distributed:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=info.control_group)
     return t.tolist()
 
 
@@ -182,6 +153,65 @@ def all_gather_objects(obj, info: DistInfo) -> list:
 def barrier(info: DistInfo) -> None:
     if info.distributed:
         dist.barrier(group=info.control_group)
+
+
+class PreemptionFlag:
+    """SIGTERM / SIGUSR1 (what SLURM and Kubernetes send before a kill) only set a flag; the training loop asks a
+    StopAgreement at step boundaries, all ranks save a checkpoint at the same step and exit."""
+
+    def __init__(self):
+        self.signum = None
+
+    def install(self):
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame):
+        self.signum = signum
+
+    @property
+    def set(self) -> bool:
+        return self.signum is not None
+
+
+class StopAgreement:
+    """Whether to stop now, decided by all ranks at the same step without a collective on every step.
+
+    A signal may reach one rank only. Agreeing on every step would put a host barrier across all ranks (16 on
+    two nodes) into every step; instead the ranks agree every few steps, so that a check comes about every
+    `check_seconds` of training. At each check every rank proposes the next interval from its own measured step
+    time and the shortest proposal wins, carried in the same all-reduce as the flag, so every rank knows the step
+    of the next check and all stop at the same step. A signal is answered within about `check_seconds` plus one
+    step; a single process checks its flag on every step (no collective needed)."""
+
+    def __init__(self, flag: PreemptionFlag, info: DistInfo, *, check_seconds: float = 2.0, max_interval: int = 100):
+        self.flag, self.info = flag, info
+        self.check_seconds, self.max_interval = check_seconds, max_interval
+        self.checks = 0  # collectives issued, for tests and logs
+        self.start_epoch()
+
+    def start_epoch(self) -> None:
+        """Check at the first step of an epoch: the time since the last check includes evaluation."""
+        self.next_check, self.last = None, None
+
+    def should_stop(self, step: int) -> bool:
+        if not self.info.distributed:
+            return self.flag.set
+        if self.next_check is not None and step < self.next_check:
+            return False
+        now = time.perf_counter()
+        proposal = 1
+        if self.last is not None and step > self.last[0]:
+            step_time = max(1e-9, (now - self.last[1]) / (step - self.last[0]))
+            proposal = int(min(self.max_interval, max(1.0, self.check_seconds / step_time)))
+        # MAX of the flags is "any rank was signalled"; MAX of the negated proposals is the shortest interval.
+        t = torch.tensor([1 if self.flag.set else 0, -proposal], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.info.control_group)
+        self.checks += 1
+        self.last = (step, now)
+        self.next_check = step + int(-t[1].item())
+        return bool(t[0].item())
 
 
 def cleanup_distributed(info: DistInfo) -> None:
@@ -217,8 +247,9 @@ def get_rng_state() -> dict:
                   int(np_state[3]), float(np_state[4])],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
+    device_state = accelerator.get_rng_state()
+    if device_state is not None:  # saved under the device type's name ("cuda", "xpu", ...)
+        state[device_state[0]] = device_state[1]
     return state
 
 
@@ -228,8 +259,9 @@ def set_rng_state(state: dict) -> None:
     npv = state["numpy"]
     np.random.set_state((npv[0], npv[1].numpy().astype(np.uint32), npv[2], npv[3], npv[4]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+    for kind, device_state in state.items():
+        if kind not in ("python", "numpy", "torch"):
+            accelerator.set_rng_state(kind, device_state)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -253,9 +285,10 @@ def accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> list[floa
 
 
 def format_seconds(seconds: float) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "?"
-    return str(datetime.timedelta(seconds=int(max(0, seconds))))
+    """H:MM:SS, or 'n/a' when unknown: metrics.format_hms, the project's one duration format."""
+    import metrics  # here, not at the top: metrics is the lighter module and must not depend on this one
+
+    return metrics.format_hms(seconds)
 
 
 class StepLogger:
@@ -300,8 +333,9 @@ class StepLogger:
         step_time = (now - self.last) / max(1, done - self.last_steps)
         eta = step_time * (self.total - done)
         mem = ""
-        if torch.cuda.is_available() and self.device.type == "cuda":
-            mem = f"  max mem: {torch.cuda.max_memory_allocated() / 2**20:.0f}MB"
+        peak_gb = accelerator.peak_memory_gb(self.device)
+        if peak_gb is not None:
+            mem = f"  max mem: {peak_gb * 1024:.0f}MB"
         print(
             f"{self.header} [{done}/{self.total}]  eta: {format_seconds(eta)}  lr: {lr:.6f}  "
             f"img/s: {global_batch / step_time:.1f}  loss: {avg['loss']:.4f}  acc1: {avg['acc1']:.2f}  "
