@@ -1,133 +1,212 @@
 #!/usr/bin/env bash
 # GPU throughput suite for one GPU machine (sized for one H200 in at most ~8 minutes).
 #
-#   bash benchmarks/gpu_suite.sh            # results in $OUT, or ./gpu_results when OUT is unset
+#   bash benchmarks/gpu_suite.sh        # $OUT/summary.json, and one folder per measurement: $OUT/NAME/
 #
-# Measures, with train.py's --benchmark modes (global images/s, device synchronized before the clock):
-#   model   batch 256: fp32; AMP + channels_last eager; AMP + channels_last compiled
-#   data    the training input pipeline alone: CPU decode (--backend fast, 16 workers; crop regions, and whole
-#           images with --roi-decode off) vs GPU decode (nvJPEG)
-#   full    real data and training (AMP + channels_last) with each input pipeline
-# on generated ImageNet-like JPEGs (500x375, quality 75-95, photographic content when scikit-image is
-# installed, 1/f noise otherwise). Each measurement is one JSON file; summary.json gathers them with the
-# ratios the project targets: AMP+NHWC >= 6,000 img/s compiled (4,500 eager), full >= 90% of model-only.
-# Environment: PYTHON (default python3), WORKERS (default 16), IMAGES (default 6000), STEPS (default 40),
-# DATA (where the JPEGs are generated, default /tmp/gpu_suite_data; reused when it holds IMAGES of them).
+# Measures, with train.py's --benchmark modes (global images/s, the device synchronized before the clock):
+#   model_fp32, model_amp_eager, model_amp_compiled    synthetic batches: fp32; AMP + channels_last; compiled
+#   data_cpu_decode, data_cpu_whole_decode             the input pipeline alone, JPEGs decoded by WORKERS CPU
+#                                                      processes (--backend fast): crop regions; whole images
+#   data_gpu_decode                                    the same with the JPEGs decoded on the GPU (nvJPEG)
+#   full_cpu_decode, full_gpu_decode                   real data and training (AMP + channels_last, eager)
+# Steady state: each run first takes WARMUP untimed steps (default WORKERS x 2 + 8: the batches the workers
+# queued before timing began, prefetch factor 2, are used up before the clock starts), then STEPS timed ones
+# (default 200). The data is ImageNet-like (scripts/make_demo_data.py --kind photo: 500x375 photographs with
+# scikit-image, 1/f noise without, quality 75-95).
+# Each measurement's log and the benchmark_MODE.json train.py writes into --output-dir are in $OUT/NAME/;
+# summary.json is read from those files: img/s, host_ms_per_batch (the training thread's milliseconds per
+# batch) and tf32 where train.py reports them, the ratios, and the targets: AMP+NHWC >= 6,000 img/s compiled
+# and 4,500 eager on one H200, full >= 90% of model-only eager. A measurement that could not run is null,
+# with its reason.
+#
+# Environment: DEVICE (cuda; cpu runs the same commands on the CPU, the GPU-decode ones skipped), MODEL
+# (resnet50), BATCH (256), CROP (224), WORKERS (16), STEPS (200), WARMUP (see above), COMPILE (1; 0 skips the
+# compiled measurement), IMAGES (training images generated, default 6000), IMAGE_SIZE (500, their long side),
+# MEASURE_TIMEOUT (300 s per measurement), PYTHON (python3), OUT (default: gpu_results/ in the repository),
+# DATA (where the images are generated; default a /tmp folder named after the settings, reused when complete;
+# a DATA made with other settings is refused).
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${OUT:-$repo/gpu_results}
 python=${PYTHON:-python3}
+device=${DEVICE:-cuda}
+model=${MODEL:-resnet50}
+batch=${BATCH:-256}
+crop=${CROP:-224}
 workers=${WORKERS:-16}
+steps=${STEPS:-200}
+compile=${COMPILE:-1}
 images=${IMAGES:-6000}
-steps=${STEPS:-40}
-data=${DATA:-/tmp/gpu_suite_data}
-mkdir -p "$out"
+image_size=${IMAGE_SIZE:-500}
+measure_timeout=${MEASURE_TIMEOUT:-300}
 export PYTHONUNBUFFERED=1
 
-"$python" - "$data" "$images" <<'PY' || exit 1
-"""Write an ImageNet-like ImageFolder (7 classes) once. A marker written last records the image count; a folder
-without a matching one (an interrupted generation, another IMAGES) stops the suite instead of being measured."""
-import os, sys
-from multiprocessing import Pool
+case $device in
+    cuda | cpu) ;;
+    *) echo "gpu_suite.sh: error: DEVICE=$device is not supported; use cuda or cpu" >&2; exit 2 ;;
+esac
+for name in batch crop workers steps images image_size measure_timeout; do
+    if ! [[ ${!name} =~ ^[0-9]+$ ]]; then
+        echo "gpu_suite.sh: error: ${name^^}=${!name} must be a whole number" >&2
+        exit 2
+    fi
+done
+warmup=${WARMUP:-$((workers * 2 + 8))}
+if ! [[ $warmup =~ ^[0-9]+$ ]]; then
+    echo "gpu_suite.sh: error: WARMUP=$warmup must be a whole number" >&2
+    exit 2
+fi
 
-import numpy as np
-from PIL import Image
+classes=10
+train_per_class=$(((images + classes - 1) / classes))
+data=${DATA:-/tmp/gpu_suite_data/photo_${classes}x${train_per_class}+2_${image_size}}
+mkdir -p "$out" || exit 2
 
-root, total = sys.argv[1], int(sys.argv[2])
-marker = os.path.join(root, ".complete")
-if os.path.isfile(marker) and open(marker).read().strip() == str(total):
-    sys.exit(0)
-if os.path.exists(root) and os.listdir(root):
-    sys.exit(f"gpu_suite.sh: DATA={root} is not a complete set of {total} generated JPEGs (interrupted, or made "
-             "with another IMAGES); remove it or point DATA at an empty folder")
+# Why a measurement cannot run here (empty: it runs).
+declare -A skip=()
+if [[ $device == cuda ]] && ! "$python" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+    for name in model_fp32 model_amp_eager model_amp_compiled data_cpu_decode data_cpu_whole_decode \
+        data_gpu_decode full_cpu_decode full_gpu_decode; do
+        skip[$name]="no CUDA device available (torch.cuda.is_available() is False on this machine); DEVICE=cpu runs the same commands on the CPU"
+    done
+fi
+if [[ $device == cpu ]]; then
+    skip[data_gpu_decode]="--decode-device cuda needs CUDA (DEVICE=cpu)"
+    skip[full_gpu_decode]="--decode-device cuda needs CUDA (DEVICE=cpu)"
+fi
+if [[ $compile == 0 ]]; then
+    skip[model_amp_compiled]="COMPILE=0"
+fi
 
-def photos():
-    try:
-        import skimage.data as d
-        return [np.asarray(getattr(d, n)()) for n in ("astronaut", "coffee", "chelsea", "rocket")]
-    except Exception:
-        return None
+if [[ ${#skip[@]} == 8 ]]; then
+    echo "== data: not generated, no measurement can run here"
+else
+    echo "== data: $data"
+    if ! "$python" "$repo/scripts/make_demo_data.py" "$data" --kind photo --classes "$classes" \
+        --train-per-class "$train_per_class" --val-per-class 2 --size "$image_size"; then
+        echo "gpu_suite.sh: error: could not prepare DATA=$data (see the line above)" >&2
+        exit 1
+    fi
+fi
 
-PHOTOS = photos()
-
-def one(i):
-    rng = np.random.default_rng(i)
-    w, h = (500, 375) if i % 3 else (375, 500)
-    if PHOTOS:
-        p = PHOTOS[i % len(PHOTOS)]
-        y, x = rng.integers(0, max(1, p.shape[0] - h // 2)), rng.integers(0, max(1, p.shape[1] - w // 2))
-        img = Image.fromarray(p[y:y + h, x:x + w]).resize((w, h))
-    else:  # 1/f noise: the spectrum of natural images, so JPEG sizes and decode costs are realistic
-        f = np.fft.fftfreq(h)[:, None] ** 2 + np.fft.rfftfreq(w)[None, :] ** 2
-        spec = (rng.normal(size=(3, h, w // 2 + 1)) + 1j * rng.normal(size=(3, h, w // 2 + 1))) / np.maximum(f, 1e-4)
-        arr = np.fft.irfft2(spec, s=(h, w))
-        arr = (arr - arr.min()) / (arr.max() - arr.min() + 1e-9) * 255
-        img = Image.fromarray(arr.transpose(1, 2, 0).astype(np.uint8))
-    split = "val" if i % 10 == 0 else "train"
-    folder = os.path.join(root, split, f"class{i % 7:02d}")
-    os.makedirs(folder, exist_ok=True)
-    img.save(os.path.join(folder, f"img{i:06d}.JPEG"), quality=int(75 + i % 21))
-
-with Pool() as pool:
-    pool.map(one, range(total), chunksize=64)
-with open(marker, "w") as f:
-    f.write(str(total))
-print(f"generated {total} JPEGs in {root}")
-PY
-
-run() {  # run NAME ARGS...: one train.py benchmark, its JSON line saved as NAME.json
-    local name=$1
-    shift
-    echo "== $name: train.py $*"
-    if "$python" "$repo/train.py" "$@" --device cuda --benchmark-steps "$steps" --benchmark-warmup 10 \
-        >"$out/$name.log" 2>&1; then
-        tail -n 1 "$out/$name.log" >"$out/$name.json"
-        cat "$out/$name.json"
+measure() {  # measure NAME MODE ARGS...: train.py --benchmark MODE, its files in OUT/NAME/
+    local name=$1 mode=$2
+    shift 2
+    local dir=$out/$name
+    rm -rf "$dir"  # a result left by an earlier run must not pass for this one's
+    mkdir -p "$dir"
+    if [[ -n ${skip[$name]:-} ]]; then
+        echo "== $name: skipped: ${skip[$name]}"
+        echo "${skip[$name]}" >"$dir/skipped.txt"
+        return
+    fi
+    echo "== $name: train.py --benchmark $mode $*"
+    timeout --kill-after=30 "$measure_timeout" "$python" "$repo/train.py" --benchmark "$mode" --device "$device" \
+        --model "$model" --batch-size "$batch" --train-crop-size "$crop" --benchmark-steps "$steps" \
+        --benchmark-warmup "$warmup" --output-dir "$dir" "$@" >"$dir/log.txt" 2>&1
+    local rc=$?
+    echo "$rc" >"$dir/exit_status"
+    if [[ $rc == 0 && -f $dir/benchmark_$mode.json ]]; then
+        "$python" -c 'import json, sys; print("   %.1f img/s" % json.load(open(sys.argv[1]))["imgs_per_sec"])' \
+            "$dir/benchmark_$mode.json"
     else
-        echo "   failed, see $out/$name.log"
-        tail -n 5 "$out/$name.log"
+        echo "   failed (exit $rc), see $dir/log.txt:"
+        tail -n 3 "$dir/log.txt" | sed 's/^/   /'
     fi
 }
 
+data_args=(--data-path "$data" --backend fast --workers "$workers")
 amp=(--amp --channels-last)
-run model_fp32 --benchmark model --batch-size 256
-run model_amp_eager --benchmark model --batch-size 256 "${amp[@]}"
-run model_amp_compiled --benchmark model --batch-size 256 "${amp[@]}" --compile
-run data_cpu_decode --benchmark data --data-path "$data" --batch-size 256 --backend fast --workers "$workers"
-run data_cpu_whole_decode --benchmark data --data-path "$data" --batch-size 256 --backend fast --workers "$workers" \
-    --roi-decode off
-run data_gpu_decode --benchmark data --data-path "$data" --batch-size 256 --backend fast --workers "$workers" \
-    --decode-device cuda
-run full_cpu_decode --benchmark full --data-path "$data" --batch-size 256 --backend fast --workers "$workers" "${amp[@]}"
-run full_gpu_decode --benchmark full --data-path "$data" --batch-size 256 --backend fast --workers "$workers" \
-    --decode-device cuda "${amp[@]}"
+measure model_fp32 model
+measure model_amp_eager model "${amp[@]}"
+measure model_amp_compiled model "${amp[@]}" --compile
+measure data_cpu_decode data "${data_args[@]}"
+measure data_cpu_whole_decode data "${data_args[@]}" --roi-decode off
+measure data_gpu_decode data "${data_args[@]}" --decode-device cuda
+measure full_cpu_decode full "${data_args[@]}" "${amp[@]}"
+measure full_gpu_decode full "${data_args[@]}" --decode-device cuda "${amp[@]}"
 
-"$python" - "$out" <<'PY'
+"$python" - "$out" "$measure_timeout" device="$device" model="$model" batch="$batch" crop="$crop" \
+    workers="$workers" steps="$steps" warmup="$warmup" images="$images" image_size="$image_size" data="$data" <<'PY'
+"""summary.json from the measurements' own files."""
 import json, os, sys
 
-out = sys.argv[1]
-res = {}
-for name in ("model_fp32", "model_amp_eager", "model_amp_compiled", "data_cpu_decode", "data_cpu_whole_decode",
-             "data_gpu_decode", "full_cpu_decode", "full_gpu_decode"):
+out, timeout = sys.argv[1], sys.argv[2]
+settings = {k: int(v) if v.isdigit() else v for k, v in (a.split("=", 1) for a in sys.argv[3:])}
+MODES = {"model_fp32": "model", "model_amp_eager": "model", "model_amp_compiled": "model",
+         "data_cpu_decode": "data", "data_cpu_whole_decode": "data", "data_gpu_decode": "data",
+         "full_cpu_decode": "full", "full_gpu_decode": "full"}
+FIELDS = ("imgs_per_sec", "host_ms_per_batch", "tf32", "steps", "warmup_steps", "batch_size", "workers",
+          "decode_device", "roi_decode", "precision", "memory_format", "compile", "device", "seconds")
+
+
+def read_text(path):
     try:
-        with open(os.path.join(out, name + ".json")) as f:
-            res[name] = json.load(f)["imgs_per_sec"]
-    except (OSError, ValueError, KeyError):
-        res[name] = None
+        with open(path, errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def why_not(folder):
+    """The reason a measurement has no figure: skipped, timed out, or the last line train.py printed."""
+    skipped = read_text(os.path.join(folder, "skipped.txt"))
+    if skipped:
+        return f"skipped: {skipped}"
+    status = read_text(os.path.join(folder, "exit_status"))
+    if status in ("124", "137"):
+        return f"timed out after {timeout} s (MEASURE_TIMEOUT)"
+    log = read_text(os.path.join(folder, "log.txt")) or ""
+    lines = [ln for ln in log.splitlines() if ln.strip()]
+    return f"failed (exit {status}): {lines[-1][-300:] if lines else 'no output'}"
+
+
+measurements = {}
+for name, mode in MODES.items():
+    folder = os.path.join(out, name)
+    entry = {"log": os.path.join(name, "log.txt"), "result": os.path.join(name, f"benchmark_{mode}.json")}
+    try:
+        with open(os.path.join(folder, f"benchmark_{mode}.json")) as f:
+            result = json.load(f)
+        entry.update({k: result.get(k) for k in FIELDS}, reason=None)
+    except (OSError, ValueError):
+        entry.update({k: None for k in FIELDS}, reason=why_not(folder), result=None)
+    measurements[name] = entry
+rate = {name: m["imgs_per_sec"] for name, m in measurements.items()}
+
 
 def ratio(a, b):
-    return None if res[a] is None or res[b] is None else res[a] / res[b]
+    return None if rate[a] is None or not rate[b] else round(rate[a] / rate[b], 3)
+
+
+def target(value, minimum):
+    return {"target": minimum, "value": value, "met": None if value is None else value >= minimum}
+
 
 summary = {
-    "imgs_per_sec": res,
-    "full_cpu_decode_vs_model_eager": ratio("full_cpu_decode", "model_amp_eager"),
-    "full_gpu_decode_vs_model_eager": ratio("full_gpu_decode", "model_amp_eager"),
-    "gpu_vs_cpu_decode_data": ratio("data_gpu_decode", "data_cpu_decode"),
-    "roi_vs_whole_decode_data": ratio("data_cpu_decode", "data_cpu_whole_decode"),
-    "targets": {"model_amp_compiled": 6000, "model_amp_eager": 4500, "full_vs_model": 0.9},
+    "settings": settings,
+    "imgs_per_sec": rate,
+    "host_ms_per_batch": {name: m["host_ms_per_batch"] for name, m in measurements.items()},
+    "reasons": {name: m["reason"] for name, m in measurements.items() if m["reason"]},
+    "ratios": {
+        "full_cpu_decode_vs_model_amp_eager": ratio("full_cpu_decode", "model_amp_eager"),
+        "full_gpu_decode_vs_model_amp_eager": ratio("full_gpu_decode", "model_amp_eager"),
+        "data_gpu_vs_cpu_decode": ratio("data_gpu_decode", "data_cpu_decode"),
+        "data_roi_vs_whole_decode": ratio("data_cpu_decode", "data_cpu_whole_decode"),
+        "model_compiled_vs_eager": ratio("model_amp_compiled", "model_amp_eager"),
+        "model_amp_vs_fp32": ratio("model_amp_eager", "model_fp32"),
+    },
+    "measurements": measurements,
+}
+summary["targets"] = {
+    "model_amp_compiled": target(rate["model_amp_compiled"], 6000),
+    "model_amp_eager": target(rate["model_amp_eager"], 4500),
+    "full_cpu_decode_vs_model_amp_eager": target(summary["ratios"]["full_cpu_decode_vs_model_amp_eager"], 0.9),
+    "full_gpu_decode_vs_model_amp_eager": target(summary["ratios"]["full_gpu_decode_vs_model_amp_eager"], 0.9),
 }
 with open(os.path.join(out, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
-print(json.dumps(summary, indent=2))
+print(json.dumps({k: summary[k] for k in ("imgs_per_sec", "ratios", "targets", "reasons")}, indent=2))
+print(f"wrote {os.path.join(out, 'summary.json')}")
 PY
