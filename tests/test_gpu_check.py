@@ -111,6 +111,7 @@ def test_compare_batch_tolerates_decoder_rounding_and_flags_a_wrong_image(race):
     swapped[2] = reference[0]
     figures = race.compare_batch(swapped, reference)
     assert figures["corrupted_images"] == [2] and figures["max_mean_abs_diff"] > 20
+    assert figures["mean_abs_diffs"][2] > 20 and figures["mean_abs_diffs"][0] == 0
     with pytest.raises(ValueError, match="differ in shape"):
         race.compare_batch(reference[:2], reference)
 
@@ -148,7 +149,7 @@ def test_decode_check_exits_1_when_a_batch_holds_other_images(race, square_data,
     assert race.main(race_args(square_data, out)) == race.EXIT_CORRUPTED
     result = json.loads(out.read_text())
     assert result["status"] == "failed" and result["corrupted"] == 3 and result["corrupted_batches"] == [0, 1, 2]
-    assert result["max_mean_abs_diff"] > 5
+    assert result["max_mean_abs_diff"] > 5 and result["median_mean_abs_diff"] > 2
 
 
 def test_decode_check_bad_input_is_one_clear_line(race, tmp_path, capsys):

@@ -65,12 +65,13 @@ def test_bad_schedule_names_list_the_choices():
 def test_weight_decay_groups_for_norm_and_bias():
     model = torchvision.models.resnet18(num_classes=4)
     groups = utils.set_weight_decay(model, 1e-4, norm_weight_decay=0.0, custom_keys_weight_decay=[("bias", 0.5)])
-    by_wd = {g["weight_decay"]: g["params"] for g in groups}
-    bn_params = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    by_wd = {g["weight_decay"]: {id(p) for p in g["params"]} for g in groups}
+    bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    # A custom key wins over the norm rule: BatchNorm biases are biases, BatchNorm weights are norm parameters.
+    assert by_wd[0.0] == {id(m.weight) for m in bn}
+    assert by_wd[0.5] == {id(m.bias) for m in bn} | {id(model.fc.bias)}
     conv_weights = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Conv2d)}
-    assert bn_params - {id(model.fc.bias)} <= {id(p) for p in by_wd[0.0]} | {id(p) for p in by_wd[0.5]}
-    assert conv_weights <= {id(p) for p in by_wd[1e-4]}
-    assert id(model.fc.bias) in {id(p) for p in by_wd[0.5]}
+    assert by_wd[1e-4] == conv_weights | {id(model.fc.weight)}
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
