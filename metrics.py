@@ -1,95 +1,20 @@
-"""One metrics sink for the console line, ``metrics.jsonl``, ``summary.json`` and TensorBoard.
+"""The run's files: ``metrics.jsonl`` and ``summary.json``, their one writer and their one reader.
 
-The trainer builds one record per epoch and hands it to :class:`MetricsSink`; every
-consumer (console, JSON lines, TensorBoard, ``scripts/results_table.py``,
-``scripts/plot_curves.py``) reads from that single record, so the numbers can never
-disagree between them.
+The trainer builds one record per epoch and hands it to :class:`MetricsSink`, which prints the console
+line, appends the record to ``metrics.jsonl``, mirrors it to TensorBoard and keeps it in memory for the
+summary. Everything that reads a run afterwards (``scripts/results_table.py``, ``scripts/plot_curves.py``,
+``scripts/demo.sh``, tests) goes through :func:`read_metrics` and :func:`read_summary`, so the numbers
+can never disagree between them.
 
-Units: accuracies are percentages (0..100); memory figures are GiB (2**30 bytes),
-named ``*_gb`` for brevity; times are seconds. Non-finite floats (NaN, inf) are written
-as JSON ``null`` because strict JSON has no spelling for them; the console line still
-shows them as ``nan``.
+Both files are described once, field by field, in :data:`RECORD_SCHEMA` (``OUTPUT/metrics.jsonl``: one
+JSON object per line, one line per finished epoch) and :data:`SUMMARY_SCHEMA` (``OUTPUT/summary.json``:
+one object per run, built by :func:`summarize_run`); ``python metrics.py`` prints them as tables.
 
-``OUTPUT/metrics.jsonl``: one JSON object per finished epoch
-============================================================
+Units: accuracies are percentages (0..100); memory figures are GiB (2**30 bytes), named ``*_gb`` for
+brevity; times are seconds. Non-finite floats (NaN, inf) are written as JSON ``null`` because strict
+JSON has no spelling for them; the console line still shows them as ``nan``.
 
-================  =======  =================================================================
-field             type     meaning
-================  =======  =================================================================
-epoch             int      0-based index of the epoch that just finished.
-lr                float    learning rate of the first parameter group at the epoch's last step.
-train_loss        float    mean training loss over the epoch, averaged over all ranks.
-train_acc1        float    top-1 accuracy (%) on the epoch's (augmented) training batches.
-val_acc1          float    top-1 validation accuracy (%); null when not evaluated this epoch.
-val_acc5          float    top-5 validation accuracy (%); null when not evaluated this epoch.
-ema_acc1          float    top-1 validation accuracy (%) of the EMA weights; null unless EMA
-                           is enabled and evaluated this epoch.
-imgs_per_sec      float    global training throughput: images per second summed over all
-                           ranks, excluding the warmup steps at the start of the epoch.
-data_wait_frac    float    fraction (0..1) of training step time spent waiting for the next
-                           batch; near 0 means the input pipeline keeps up.
-epoch_time_s      float    wall-clock seconds for the epoch (training and evaluation).
-peak_mem_gb       float    peak CUDA memory allocated by this process during the epoch (GiB,
-                           see :func:`peak_device_memory_gb`); null on CPU.
-peak_host_rss_gb  float    peak resident set size of this process so far (GiB, see
-                           :func:`peak_host_rss_gb`); a lifetime peak, never reset.
-bad_images        int      images that failed to decode this epoch and were skipped/replaced.
-eta_s             float    estimated seconds until all planned epochs are done.
-global_step       int      optimizer steps done since the start of training (across resumes).
-================  =======  =================================================================
-
-Every field must be present in the record given to :meth:`MetricsSink.log_epoch`
-(value ``None`` where the table allows null); extra fields are kept as they are.
-
-``OUTPUT/summary.json``: one object per run, built by :func:`summarize_run`
-==========================================================================
-
-Fields marked *run_info* are copied from the trainer's ``run_info`` dict; fields marked
-*derived* are computed from the metrics.jsonl records. Missing data stays null: nothing
-is estimated or filled in.
-
-=====================  ==========  ===========================================================
-field                  source      meaning
-=====================  ==========  ===========================================================
-schema_version         constant    1; bumped when a field changes meaning.
-status                 run_info    "finished" (all planned epochs ran), "target_reached"
-                                   (stopped early at target_acc), "preempted" (stopped by a
-                                   signal, resumable) or "running" (written mid-run).
-model                  run_info    model name, e.g. "resnet50".
-best_acc1              derived     highest val_acc1 over all epochs (%); null if never evaluated.
-best_acc5              derived     val_acc5 of the epoch that gave best_acc1 (same checkpoint,
-                                   as model zoos report it), not the highest val_acc5.
-best_epoch             derived     epoch of best_acc1 (first one on ties).
-final_acc1             derived     val_acc1 of the last epoch run; null when that epoch was not
-                                   evaluated (the final weights' accuracy is then unknown).
-final_acc5             derived     val_acc5 of the last epoch run, same rule.
-epochs_run             derived     number of distinct epochs in metrics.jsonl.
-epochs_planned         run_info    epochs the run was configured for.
-wall_time_s            run_info    wall-clock seconds of the whole run, summed over resumes.
-target_acc             run_info    top-1 target (%) for convergence runs; null if none.
-reached_target         derived     best_acc1 >= target_acc; null when target_acc is null.
-time_to_target_s       run_info    wall-clock seconds until val_acc1 first reached target_acc.
-epochs_to_target       run_info    epochs run until val_acc1 first reached target_acc.
-world_size             run_info    number of training processes (one per card).
-nnodes                 run_info    number of nodes.
-batch_size_per_process run_info    batch size of one process.
-global_batch           run_info    batch_size_per_process x world_size (x accumulation steps).
-precision              run_info    "fp32", "amp_fp16" or "amp_bf16".
-memory_format          run_info    "channels_last" or "contiguous".
-mean_imgs_per_sec      derived     mean of the per-epoch imgs_per_sec (global, all ranks).
-peak_mem_gb_per_card   derived     max over epochs of peak_mem_gb (GiB); null on CPU.
-peak_mem_note          derived     how peak_mem_gb_per_card was measured, or why it is null.
-peak_host_rss_gb       derived     max over epochs of peak_host_rss_gb (GiB).
-mean_power_w_per_card  run_info    mean board power per card in watts (see PowerMonitor); null
-                                   when not measured.
-power_note             run_info    how power was measured, or why it was not.
-device                 run_info    "cuda" or "cpu".
-device_names           run_info    list of device names (see :func:`environment_info`).
-versions               run_info    {python, torch, torchvision, cuda, cudnn}; cuda/cudnn null on
-                                   a CPU-only build.
-command                run_info    the command line that started the run, as one string.
-bad_images             derived     total of bad_images over all epochs.
-=====================  ==========  ===========================================================
+Standard library only (TensorBoard is imported when asked for): the scripts read runs without torch.
 """
 
 from __future__ import annotations
@@ -97,94 +22,106 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
-import socket
 import sys
-import threading
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
-import torch
+import fileio
 
-import utils
+
+class Field(NamedTuple):
+    """One field of metrics.jsonl or summary.json."""
+
+    name: str
+    type: str  # JSON type of a non-null value
+    meaning: str  # what it holds, and when it is null
+    source: str = ""  # summary.json: "run_info" (copied from the trainer), "derived" (from the records), "constant"
+    tensorboard: str = ""  # metrics.jsonl: the TensorBoard tag it is mirrored to ("" = not mirrored)
+
 
 SCHEMA_VERSION = 1
 
-RECORD_FIELDS = (
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_acc1",
-    "val_acc1",
-    "val_acc5",
-    "ema_acc1",
-    "imgs_per_sec",
-    "data_wait_frac",
-    "epoch_time_s",
-    "peak_mem_gb",
-    "peak_host_rss_gb",
-    "bad_images",
-    "eta_s",
-    "global_step",
+# OUTPUT/metrics.jsonl: every field is present in every record (null where the meaning allows); a
+# record may carry extra fields, which are kept as they are. TensorBoard tags are grouped by prefix so
+# TensorBoard shows one section per concern; epoch is TensorBoard's step and so not a scalar.
+RECORD_SCHEMA = (
+    Field("epoch", "int", "0-based index of the epoch that just finished."),
+    Field("lr", "float", "learning rate of the first parameter group at the epoch's last step.",
+          tensorboard="train/lr"),
+    Field("train_loss", "float", "mean training loss over the epoch, averaged over all ranks.",
+          tensorboard="train/loss"),
+    Field("train_acc1", "float", "top-1 accuracy (%) on the epoch's (augmented) training batches.",
+          tensorboard="train/acc1"),
+    Field("val_acc1", "float", "top-1 validation accuracy (%); null when not evaluated this epoch.",
+          tensorboard="val/acc1"),
+    Field("val_acc5", "float", "top-5 validation accuracy (%); null when not evaluated this epoch.",
+          tensorboard="val/acc5"),
+    Field("ema_acc1", "float", "top-1 validation accuracy (%) of the EMA weights; null unless EMA is enabled "
+          "and evaluated this epoch.", tensorboard="val/ema_acc1"),
+    Field("imgs_per_sec", "float", "global training throughput: images per second summed over all ranks, "
+          "excluding the warmup steps at the start of the epoch.", tensorboard="perf/imgs_per_sec"),
+    Field("data_wait_frac", "float", "fraction (0..1) of training step time spent waiting for the next batch; "
+          "near 0 means the input pipeline keeps up.", tensorboard="perf/data_wait_frac"),
+    Field("epoch_time_s", "float", "wall-clock seconds for the epoch (training and evaluation).",
+          tensorboard="perf/epoch_time_s"),
+    Field("peak_mem_gb", "float", "peak device memory allocated by this process during the epoch (GiB, "
+          "tensors only: not the runtime's context or the allocator's cache); null on CPU.",
+          tensorboard="memory/peak_device_gb"),
+    Field("peak_host_rss_gb", "float", "peak resident set size of this process so far (GiB, see "
+          "peak_host_rss_gb); a lifetime peak, never reset.", tensorboard="memory/peak_host_rss_gb"),
+    Field("bad_images", "int", "images that failed to decode this epoch and were skipped/replaced.",
+          tensorboard="data/bad_images"),
+    Field("eta_s", "float", "estimated seconds until all planned epochs are done.", tensorboard="perf/eta_s"),
+    Field("global_step", "int", "optimizer steps done since the start of training (across resumes).",
+          tensorboard="train/global_step"),
 )
 
-SUMMARY_FIELDS = (
-    "schema_version",
-    "status",
-    "model",
-    "best_acc1",
-    "best_acc5",
-    "best_epoch",
-    "final_acc1",
-    "final_acc5",
-    "epochs_run",
-    "epochs_planned",
-    "wall_time_s",
-    "target_acc",
-    "reached_target",
-    "time_to_target_s",
-    "epochs_to_target",
-    "world_size",
-    "nnodes",
-    "batch_size_per_process",
-    "global_batch",
-    "precision",
-    "memory_format",
-    "mean_imgs_per_sec",
-    "peak_mem_gb_per_card",
-    "peak_mem_note",
-    "peak_host_rss_gb",
-    "mean_power_w_per_card",
-    "power_note",
-    "device",
-    "device_names",
-    "versions",
-    "command",
-    "bad_images",
+# OUTPUT/summary.json, in this order. Missing data stays null: nothing is estimated or filled in.
+SUMMARY_SCHEMA = (
+    Field("schema_version", "int", "1; bumped when a field changes meaning.", "constant"),
+    Field("status", "str", '"finished" (all planned epochs ran), "target_reached" (stopped early at '
+          'target_acc), "preempted" (stopped by a signal, resumable) or "running" (written mid-run).', "run_info"),
+    Field("model", "str", 'model name, e.g. "resnet50".', "run_info"),
+    Field("best_acc1", "float", "highest val_acc1 over all epochs (%); null if never evaluated.", "derived"),
+    Field("best_acc5", "float", "val_acc5 of the epoch that gave best_acc1 (same checkpoint, as model zoos "
+          "report it), not the highest val_acc5.", "derived"),
+    Field("best_epoch", "int", "epoch of best_acc1 (first one on ties).", "derived"),
+    Field("final_acc1", "float", "val_acc1 of the last epoch run; null when that epoch was not evaluated (the "
+          "final weights' accuracy is then unknown).", "derived"),
+    Field("final_acc5", "float", "val_acc5 of the last epoch run, same rule.", "derived"),
+    Field("epochs_run", "int", "number of distinct epochs in metrics.jsonl.", "derived"),
+    Field("epochs_planned", "int", "epochs the run was configured for.", "run_info"),
+    Field("wall_time_s", "float", "wall-clock seconds of the whole run, summed over resumes.", "run_info"),
+    Field("target_acc", "float", "top-1 target (%) for convergence runs; null if none.", "run_info"),
+    Field("reached_target", "bool", "best_acc1 >= target_acc; null when target_acc is null.", "derived"),
+    Field("time_to_target_s", "float", "wall-clock seconds until val_acc1 first reached target_acc.", "run_info"),
+    Field("epochs_to_target", "int", "epochs run until val_acc1 first reached target_acc.", "run_info"),
+    Field("world_size", "int", "number of training processes (one per card).", "run_info"),
+    Field("nnodes", "int", "number of nodes.", "run_info"),
+    Field("batch_size_per_process", "int", "batch size of one process.", "run_info"),
+    Field("global_batch", "int", "batch_size_per_process x world_size (x accumulation steps).", "run_info"),
+    Field("precision", "str", '"fp32", "amp_fp16" or "amp_bf16".', "run_info"),
+    Field("memory_format", "str", '"channels_last" or "contiguous".', "run_info"),
+    Field("mean_imgs_per_sec", "float", "mean of the per-epoch imgs_per_sec (global, all ranks).", "derived"),
+    Field("peak_mem_gb_per_card", "float", "max over epochs of peak_mem_gb (GiB); null on CPU.", "derived"),
+    Field("peak_mem_note", "str", "how peak_mem_gb_per_card was measured, or why it is null.", "derived"),
+    Field("peak_host_rss_gb", "float", "max over epochs of peak_host_rss_gb (GiB).", "derived"),
+    Field("mean_power_w_per_card", "float", "mean board power per card in watts; null when not measured.",
+          "run_info"),
+    Field("power_note", "str", "how power was measured, or why it was not.", "run_info"),
+    Field("device", "str", 'device type, e.g. "cuda" or "cpu".', "run_info"),
+    Field("device_names", "list", "names of the devices used (the CPU model on a CPU run).", "run_info"),
+    Field("versions", "object", "{python, torch, torchvision, cuda, cudnn}; cuda/cudnn null on a CPU-only "
+          "build.", "run_info"),
+    Field("command", "str", "the command line that started the run, as one string.", "run_info"),
+    Field("bad_images", "int", "total of bad_images over all epochs.", "derived"),
 )
 
-# The summary fields that summarize_run copies from run_info instead of deriving.
-RUN_INFO_FIELDS = (
-    "status",
-    "model",
-    "epochs_planned",
-    "wall_time_s",
-    "target_acc",
-    "time_to_target_s",
-    "epochs_to_target",
-    "world_size",
-    "nnodes",
-    "batch_size_per_process",
-    "global_batch",
-    "precision",
-    "memory_format",
-    "mean_power_w_per_card",
-    "power_note",
-    "device",
-    "device_names",
-    "versions",
-    "command",
-)
+RECORD_FIELDS = tuple(f.name for f in RECORD_SCHEMA)
+SUMMARY_FIELDS = tuple(f.name for f in SUMMARY_SCHEMA)
+# The summary fields that summarize_run copies from the trainer's run_info instead of deriving.
+RUN_INFO_FIELDS = tuple(f.name for f in SUMMARY_SCHEMA if f.source == "run_info")
+TENSORBOARD_TAGS = {f.name: f.tensorboard for f in RECORD_SCHEMA if f.tensorboard}
 
 VERSION_KEYS = ("python", "torch", "torchvision", "cuda", "cudnn")
 STATUSES = ("finished", "target_reached", "preempted", "running")
@@ -195,26 +132,20 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 TENSORBOARD_DIR = "tensorboard"
 
-# Record field -> TensorBoard tag. Grouped by prefix so TensorBoard shows one section
-# per concern; epoch is the global step itself and so is not logged as a scalar.
-TENSORBOARD_TAGS = {
-    "lr": "train/lr",
-    "train_loss": "train/loss",
-    "train_acc1": "train/acc1",
-    "val_acc1": "val/acc1",
-    "val_acc5": "val/acc5",
-    "ema_acc1": "val/ema_acc1",
-    "imgs_per_sec": "perf/imgs_per_sec",
-    "data_wait_frac": "perf/data_wait_frac",
-    "epoch_time_s": "perf/epoch_time_s",
-    "peak_mem_gb": "memory/peak_device_gb",
-    "peak_host_rss_gb": "memory/peak_host_rss_gb",
-    "bad_images": "data/bad_images",
-    "eta_s": "perf/eta_s",
-    "global_step": "train/global_step",
-}
-
 _GIB = float(2**30)
+
+
+def schema_tables() -> str:
+    """Both files' fields as Markdown tables: what ``python metrics.py`` prints."""
+    parts = []
+    for title, schema, extra in (
+        (f"{METRICS_FILE}: one JSON object per finished epoch", RECORD_SCHEMA, "tensorboard"),
+        (f"{SUMMARY_FILE}: one object per run (schema_version {SCHEMA_VERSION})", SUMMARY_SCHEMA, "source"),
+    ):
+        parts += [f"### {title}", "", f"| field | type | {extra} | meaning |", "|---|---|---|---|"]
+        parts += [f"| {f.name} | {f.type} | {getattr(f, extra)} | {f.meaning} |" for f in schema]
+        parts.append("")
+    return "\n".join(parts)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -240,13 +171,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    """Readers see either the old or the new file, never half (see utils.atomic_write)."""
-    utils.atomic_write(path, lambda f: f.write(text), binary=False)
+def _write_text(path: str, text: str) -> None:
+    """Readers see either the old or the new file, never half (see fileio.atomic_write)."""
+    fileio.atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class RunFileError(ValueError):
+    """A run's metrics.jsonl or summary.json is missing or unusable; the message is one line naming the file."""
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """Read metrics.jsonl records, skipping lines that do not parse.
+    """The records of a metrics.jsonl file in file order; [] when there is no such file.
 
     A crash in the middle of a write can leave a truncated last line; losing that one
     epoch's record is better than refusing to resume, so bad lines are dropped with a
@@ -272,8 +210,55 @@ def read_jsonl(path: str) -> list[dict]:
     return records
 
 
+def latest_per_epoch(records: list[dict]) -> list[dict]:
+    """One record per epoch, in epoch order; when an epoch repeats (a resumed run wrote it again) the last wins."""
+    by_epoch: dict[int, dict] = {}
+    for r in records:
+        by_epoch[int(r["epoch"])] = r
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def read_metrics(output_dir: str) -> list[dict]:
+    """The per-epoch records of a run's OUTPUT/metrics.jsonl: one per epoch, in epoch order.
+
+    Raises RunFileError when the folder has no metrics.jsonl; unreadable lines are dropped with a
+    warning (see read_jsonl).
+    """
+    path = os.path.join(output_dir, METRICS_FILE)
+    if not os.path.isfile(path):
+        raise RunFileError(f"{output_dir}: no {METRICS_FILE} (is it the --output-dir of a training run?)")
+    return latest_per_epoch(read_jsonl(path))
+
+
+def read_summary(output_dir: str) -> dict:
+    """A run's OUTPUT/summary.json as a dict, checked to be an object of this schema_version.
+
+    Raises RunFileError, with one line naming the file and what is wrong, when it is missing,
+    unreadable, not JSON or of another schema version.
+    """
+    path = os.path.join(output_dir, SUMMARY_FILE)
+    if not os.path.isfile(path):
+        raise RunFileError(f"{output_dir}: no {SUMMARY_FILE} (is it the --output-dir of a run that started?)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise RunFileError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunFileError(f"{path}: cannot be read ({exc})") from None
+    if not isinstance(summary, dict):
+        raise RunFileError(f"{path}: expected a JSON object, got {type(summary).__name__}")
+    if summary.get("schema_version") != SCHEMA_VERSION:
+        raise RunFileError(f"{path}: schema_version {summary.get('schema_version')!r} is not supported "
+                           f"(expected {SCHEMA_VERSION})")
+    return summary
+
+
+# --------------------------------------------------------------------------- the console line
+
+
 def format_hms(seconds: float | None) -> str:
-    """Format seconds as H:MM:SS (hours may exceed 24) or 'n/a' when unknown."""
+    """Format seconds as H:MM:SS (hours may exceed 24) or 'n/a' when unknown: the project's one duration format."""
     if seconds is None or not math.isfinite(seconds):
         return "n/a"
     total = max(0, int(round(seconds)))
@@ -316,6 +301,9 @@ def format_epoch_line(record: dict) -> str:
     return " | ".join(parts)
 
 
+# --------------------------------------------------------------------------- the sink
+
+
 def _import_summary_writer():
     """Import SummaryWriter, turning a missing tensorboard package into one actionable line."""
     try:
@@ -328,21 +316,23 @@ def _import_summary_writer():
     return SummaryWriter
 
 
-# --------------------------------------------------------------------------- the sink
-
-
 class MetricsSink:
-    """Writes per-epoch records to metrics.jsonl (+ TensorBoard) and the run summary.
+    """Writes per-epoch records to metrics.jsonl (+ TensorBoard) and the run summary, and keeps the records.
 
-    Only the main process writes: other ranks get a sink whose methods do nothing, so the
-    trainer can call it unconditionally. ``output_dir=None`` keeps the console line but
-    writes no files (handy for quick experiments).
+    ``records`` holds the run's records in epoch order (as written: plain numbers, null for NaN): on a
+    resume, the kept ones are read from metrics.jsonl once, at :meth:`start`; then :meth:`log_epoch`
+    appends each new one. The trainer builds the summary from it and never reads the file back.
+
+    Only the main process writes: other ranks get a sink whose methods do nothing (and whose ``records``
+    stay empty), so the trainer can call it unconditionally. ``output_dir=None`` keeps the console line and
+    the records but writes no files (handy for quick experiments).
     """
 
     def __init__(self, output_dir: str | None, *, is_main: bool, tensorboard: bool = False):
         self.output_dir = output_dir
         self.is_main = is_main
         self.tensorboard = tensorboard
+        self.records: list[dict] = []
         self._writer = None
         self._writer_cls = None
         self._started = False
@@ -368,29 +358,29 @@ class MetricsSink:
         return self.is_main and self.output_dir is not None
 
     def start(self, resume_epoch: int | None) -> None:
-        """Prepare metrics.jsonl (and TensorBoard) for a fresh run or a resume.
+        """Prepare metrics.jsonl (and TensorBoard) for a fresh run or a resume, and load ``records``.
 
         ``resume_epoch`` is the first epoch that will run. Records with epoch >= it came
         from epochs whose checkpoint was lost, and they will be produced again, so the
-        file is rewritten atomically without them. For a fresh run (``None``) an existing
-        metrics.jsonl belongs to another run: it is moved aside to ``metrics.jsonl.prev``
-        rather than mixed with the new one or deleted.
+        file is rewritten atomically without them; the others become ``records``. For a
+        fresh run (``None``) an existing metrics.jsonl belongs to another run: it is moved
+        aside to ``metrics.jsonl.prev`` rather than mixed with the new one or deleted.
         """
         if not self.is_main:
             return
+        if resume_epoch is not None and resume_epoch < 0:
+            raise ValueError(f"MetricsSink.start: resume_epoch must be >= 0, got {resume_epoch}")
         self._started = True
+        self.records = []
         if self.output_dir is None:
             return
         path = self.metrics_path
         if resume_epoch is None:
             if os.path.exists(path) and os.path.getsize(path) > 0:
                 os.replace(path, path + ".prev")
-        else:
-            if resume_epoch < 0:
-                raise ValueError(f"MetricsSink.start: resume_epoch must be >= 0, got {resume_epoch}")
-            if os.path.exists(path):
-                kept = [r for r in read_jsonl(path) if r["epoch"] < resume_epoch]
-                _atomic_write_text(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept))
+        elif os.path.exists(path):
+            self.records = [r for r in read_jsonl(path) if r["epoch"] < resume_epoch]
+            _write_text(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in self.records))
         if self._writer_cls is not None and self._writer is None:
             # purge_step makes TensorBoard hide events from the abandoned epochs >= resume_epoch.
             self._writer = self._writer_cls(
@@ -399,14 +389,15 @@ class MetricsSink:
             )
 
     def log_epoch(self, record: dict) -> str:
-        """Append one record to metrics.jsonl (durably), mirror it to TensorBoard, return the console line."""
+        """Append one record to ``records`` and metrics.jsonl (durably), mirror it to TensorBoard, return the
+        console line."""
         if not self.is_main:
             return ""
         if not self._started:
             raise RuntimeError("MetricsSink.log_epoch called before start(); call start(resume_epoch) once first")
         missing = [f for f in RECORD_FIELDS if f not in record]
         if missing:
-            raise ValueError(f"metrics record is missing field(s) {', '.join(missing)}; see the table in metrics.py")
+            raise ValueError(f"metrics record is missing field(s) {', '.join(missing)}; see metrics.RECORD_SCHEMA")
         clean = _plain(dict(record))
         if not isinstance(clean["epoch"], int):
             raise ValueError(f"metrics record 'epoch' must be an int, got {record['epoch']!r}")
@@ -417,6 +408,7 @@ class MetricsSink:
                 f.flush()
                 # fsync per epoch: a preempted job must not lose epochs its checkpoint already covers.
                 os.fsync(f.fileno())
+        self.records.append(clean)
         if self._writer is not None:
             for field, tag in TENSORBOARD_TAGS.items():
                 value = clean.get(field)
@@ -424,15 +416,15 @@ class MetricsSink:
                     self._writer.add_scalar(tag, value, global_step=clean["epoch"])
             self._writer.flush()
         # The console line uses the raw values so a NaN loss is visible as 'nan'.
-        raw = {k: (v.item() if hasattr(v, "item") and not isinstance(v, (str, bytes)) else v) for k, v in record.items()}
+        raw = {k: v.item() if hasattr(v, "item") and not isinstance(v, (str, bytes)) else v for k, v in record.items()}
         return format_epoch_line(raw)
 
     def write_summary(self, summary: dict) -> None:
-        """Write summary.json atomically (tmp file + fsync + os.replace)."""
+        """Write summary.json atomically (see fileio.atomic_write)."""
         if not self._writes_files():
             return
         text = json.dumps(_plain(summary), indent=2, allow_nan=False) + "\n"
-        _atomic_write_text(self.summary_path, text)
+        _write_text(self.summary_path, text)
 
     def close(self) -> None:
         """Flush and close TensorBoard; safe to call twice."""
@@ -441,29 +433,8 @@ class MetricsSink:
             self._writer.close()
             self._writer = None
 
-    def __enter__(self) -> MetricsSink:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
 
 # --------------------------------------------------------------------------- measurements
-
-
-def peak_device_memory_gb(device: torch.device) -> float | None:
-    """Peak CUDA memory allocated by this process since the last call (GiB); None off CUDA.
-
-    Resets the peak counter so each call covers one epoch. This is memory held by
-    tensors: the CUDA context and the caching allocator's spare blocks are not counted,
-    so nvidia-smi shows more.
-    """
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    peak = torch.cuda.max_memory_allocated(device) / _GIB
-    torch.cuda.reset_peak_memory_stats(device)
-    return peak
 
 
 def peak_host_rss_gb() -> float:
@@ -477,156 +448,6 @@ def peak_host_rss_gb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     peak_bytes = peak if sys.platform == "darwin" else peak * 1024
     return peak_bytes / _GIB
-
-
-def _nvml_handle(pynvml, device_index: int):
-    """NVML handle for a CUDA device index.
-
-    CUDA indices follow CUDA_VISIBLE_DEVICES while NVML numbers all cards, so the PCI
-    address is used when torch exposes it; otherwise the visible-devices list is mapped.
-    """
-    try:
-        props = torch.cuda.get_device_properties(device_index)
-        domain = getattr(props, "pci_domain_id", None)
-        bus = getattr(props, "pci_bus_id", None)
-        dev = getattr(props, "pci_device_id", None)
-        if None not in (domain, bus, dev):
-            return pynvml.nvmlDeviceGetHandleByPciBusId(f"{domain:08x}:{bus:02x}:{dev:02x}.0")
-    except Exception:  # fall back to index mapping below
-        pass
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    entries = [e.strip() for e in visible.split(",") if e.strip()]
-    index = device_index
-    if entries and all(e.isdigit() for e in entries) and device_index < len(entries):
-        index = int(entries[device_index])
-    return pynvml.nvmlDeviceGetHandleByIndex(index)
-
-
-class PowerMonitor:
-    """Mean board power of one GPU, sampled from NVML in a background thread.
-
-    Uses the optional ``nvidia-ml-py`` package (module ``pynvml``). Power is a side
-    measurement, so every failure (CPU run, package missing, unsupported board) turns into
-    ``(None, reason)`` rather than an exception that would stop training.
-    """
-
-    def __init__(self, device_index: int | None, interval_s: float = 1.0):
-        if interval_s <= 0:
-            raise ValueError(f"PowerMonitor interval_s must be > 0, got {interval_s}")
-        self.device_index = device_index
-        self.interval_s = interval_s
-        self._samples: list[float] = []
-        self._note = "not started"
-        self._error: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pynvml = None
-        self._name = ""
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        if self.device_index is None:
-            self._note = "power not measured: no CUDA device (CPU run)"
-            return
-        try:
-            import pynvml
-        except ImportError:
-            self._note = "power not measured: nvidia-ml-py is not installed (pip install nvidia-ml-py)"
-            return
-        try:
-            pynvml.nvmlInit()
-        except Exception as exc:
-            self._note = f"power not measured: NVML init failed ({exc})"
-            return
-        try:
-            handle = _nvml_handle(pynvml, self.device_index)
-            name = pynvml.nvmlDeviceGetName(handle)
-            self._name = name.decode() if isinstance(name, bytes) else str(name)
-            # One sample now: proves the board reports power and guarantees a non-empty mean.
-            self._samples.append(pynvml.nvmlDeviceGetPowerUsage(handle) / 1000.0)
-        except Exception as exc:
-            self._note = f"power not measured: NVML cannot read power of CUDA device {self.device_index} ({exc})"
-            self._shutdown(pynvml)
-            return
-        self._pynvml = pynvml
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._sample, args=(pynvml, handle), daemon=True, name="power-monitor")
-        self._thread.start()
-
-    def _sample(self, pynvml, handle) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self._samples.append(pynvml.nvmlDeviceGetPowerUsage(handle) / 1000.0)
-            except Exception as exc:  # keep what we have; report why sampling ended
-                self._error = str(exc)
-                return
-
-    @staticmethod
-    def _shutdown(pynvml) -> None:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:
-            pass
-
-    def stop(self) -> tuple[float | None, str]:
-        """Stop sampling; return (mean watts or None, a note saying how or why not)."""
-        if self._thread is None:
-            return None, self._note
-        self._stop.set()
-        self._thread.join(timeout=max(5.0, 2 * self.interval_s))
-        self._thread = None
-        self._shutdown(self._pynvml)
-        self._pynvml = None
-        samples = list(self._samples)
-        mean = sum(samples) / len(samples)
-        note = (
-            f"NVML board power, mean of {len(samples)} samples every {self.interval_s:g}s "
-            f"on CUDA device {self.device_index} ({self._name})"
-        )
-        if self._error:
-            note += f"; sampling stopped early: {self._error}"
-        self._note = note
-        return mean, note
-
-
-def _cpu_name() -> str:
-    """A readable CPU model name; Linux exposes it in cpuinfo, other systems via platform."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def environment_info(device: torch.device) -> dict:
-    """Versions and hardware names for summary.json (``versions`` = the VERSION_KEYS subset).
-
-    cuda/cudnn are None on a CPU-only torch build. device_names lists every visible CUDA
-    device on a CUDA run, or the CPU model on a CPU run.
-    """
-    import torchvision  # imported here: only this function needs it
-
-    device = torch.device(device)
-    cudnn = None
-    if torch.backends.cudnn.is_available():
-        cudnn = torch.backends.cudnn.version()
-    if device.type == "cuda":
-        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    else:
-        names = [_cpu_name()]
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": cudnn,
-        "device_names": names,
-        "hostname": socket.gethostname(),
-    }
 
 
 # --------------------------------------------------------------------------- summary
@@ -648,12 +469,13 @@ def _present(records: list[dict], field: str) -> list:
 def summarize_run(records: list[dict], run_info: dict) -> dict:
     """Build the summary.json dict from the metrics.jsonl records and the trainer's run_info.
 
-    See the module docstring for every field. Derived values come only from the records;
-    when the records lack the data, the field is None.
+    See SUMMARY_SCHEMA for every field. Derived values come only from the records (an epoch
+    written twice counts once, the last record winning); when the records lack the data, the
+    field is None.
     """
     missing = [f for f in RUN_INFO_FIELDS if f not in run_info]
     if missing:
-        raise ValueError(f"summarize_run: run_info is missing {', '.join(missing)}; see the table in metrics.py")
+        raise ValueError(f"summarize_run: run_info is missing {', '.join(missing)}; see metrics.SUMMARY_SCHEMA")
     if run_info["status"] not in STATUSES:
         raise ValueError(f"summarize_run: status must be one of {STATUSES}, got {run_info['status']!r}")
     if run_info["precision"] not in PRECISIONS:
@@ -663,11 +485,7 @@ def summarize_run(records: list[dict], run_info: dict) -> dict:
             f"summarize_run: memory_format must be one of {MEMORY_FORMATS}, got {run_info['memory_format']!r}"
         )
 
-    # One record per epoch, the last written wins (a resumed run may rewrite an epoch).
-    by_epoch: dict[int, dict] = {}
-    for r in records:
-        by_epoch[int(r["epoch"])] = r
-    ordered = [by_epoch[e] for e in sorted(by_epoch)]
+    ordered = latest_per_epoch(records)
 
     best_acc1 = best_acc5 = best_epoch = None
     for r in ordered:
@@ -688,11 +506,11 @@ def summarize_run(records: list[dict], run_info: dict) -> dict:
 
     if mem:
         mem_note = (
-            "max over epochs of torch.cuda.max_memory_allocated of the logging process; "
-            "excludes the CUDA context and the allocator's cached blocks"
+            "max over epochs of the device memory allocated by the logging process's tensors "
+            "(torch.accelerator.max_memory_allocated); excludes the runtime's context and the allocator's cached blocks"
         )
-    elif run_info["device"] != "cuda":
-        mem_note = f"not measured: device is {run_info['device']}"
+    elif run_info["device"] == "cpu":
+        mem_note = "not measured: device is cpu"
     else:
         mem_note = "not measured: no epoch recorded peak_mem_gb"
 
@@ -721,3 +539,7 @@ def summarize_run(records: list[dict], run_info: dict) -> dict:
         else:
             summary[field] = run_info[field]
     return _plain(summary)
+
+
+if __name__ == "__main__":
+    print(schema_tables())

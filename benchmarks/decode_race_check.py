@@ -212,7 +212,8 @@ def run_and_compare(cfg, device, decoder, batches, limits):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="ImageFolder with train/ and val/ (make_demo_data.py --kind photo)")
+    parser.add_argument("--data", required=True,
+                        help="ImageFolder with train/ and val/ (scripts/make_demo_data.py --kind photo)")
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"],
                         help="auto: CUDA when available, else the CPU (the comparison only)")
@@ -240,7 +241,8 @@ def parse_args(argv=None):
 def resolve_device(choice):
     """(device, why the GPU race part is skipped or None)."""
     if choice == "cpu":
-        return torch.device("cpu"), "--device cpu: the comparison ran with the CPU as the device; the stream race needs CUDA"
+        return torch.device("cpu"), ("--device cpu: the comparison ran with the CPU as the device; the stream race "
+                                     "needs CUDA")
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device()), None
     if choice == "cuda":

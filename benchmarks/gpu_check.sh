@@ -251,7 +251,8 @@ finish() {
 }
 
 if [[ $device == cuda ]] && ! "$python" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-    reason="no CUDA device available (torch.cuda.is_available() is False on this machine); DEVICE=cpu runs the same commands on the CPU"
+    reason="no CUDA device available (torch.cuda.is_available() is False on this machine);"
+    reason+=" DEVICE=cpu runs the same commands on the CPU"
     for name in decode_race host_time deterministic compile_resume; do
         begin "$name"
         verify skip "$dir" "$reason"

@@ -66,9 +66,11 @@ mkdir -p "$out" || exit 2
 # Why a measurement cannot run here (empty: it runs).
 declare -A skip=()
 if [[ $device == cuda ]] && ! "$python" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+    reason="no CUDA device available (torch.cuda.is_available() is False on this machine);"
+    reason+=" DEVICE=cpu runs the same commands on the CPU"
     for name in model_fp32 model_amp_eager model_amp_compiled data_cpu_decode data_cpu_whole_decode \
         data_gpu_decode full_cpu_decode full_gpu_decode; do
-        skip[$name]="no CUDA device available (torch.cuda.is_available() is False on this machine); DEVICE=cpu runs the same commands on the CPU"
+        skip[$name]=$reason
     done
 fi
 if [[ $device == cpu ]]; then

@@ -52,19 +52,19 @@ done
     --output-dir "$output_dir" \
     "$@"
 
-# Report from the run's own records (metrics.jsonl, one line per epoch) rather than by
-# parsing the console log, whose format may change.
+# Report from the run's own records (metrics.jsonl, one per epoch, read by metrics.py as
+# every other reader does) rather than by parsing the console log, whose format may change.
 "$python" - "$output_dir" <<'PY'
-import json
 import os
 import sys
 
-path = os.path.join(sys.argv[1], "metrics.jsonl")
-try:
-    with open(path, encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
-except OSError as exc:
-    sys.exit(f"demo.sh: error: cannot read {path} ({exc.strerror}); did train.py finish?")
+sys.path.insert(0, os.getcwd())  # the repository root (see the cd above)
+import metrics
+
+path = os.path.join(sys.argv[1], metrics.METRICS_FILE)
+if not os.path.isfile(path):
+    sys.exit(f"demo.sh: error: there is no {path}; did train.py finish?")
+records = metrics.read_metrics(sys.argv[1])
 if not records:
     sys.exit(f"demo.sh: error: {path} is empty; train.py finished no epoch")
 last = records[-1]

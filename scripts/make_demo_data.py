@@ -418,9 +418,8 @@ def _validate_photo(classes: int, train_per_class: int, val_per_class: int, size
     if not 2 <= classes <= MAX_PHOTO_CLASSES:
         raise ValueError(f"make_demo_data: --classes must be 2..{MAX_PHOTO_CLASSES} for --kind photo, got {classes}")
     if train_per_class < 1 or val_per_class < 1:
-        raise ValueError(
-            f"make_demo_data: --train-per-class and --val-per-class must be >= 1, got {train_per_class} and {val_per_class}"
-        )
+        raise ValueError(f"make_demo_data: --train-per-class and --val-per-class must be >= 1, got {train_per_class} "
+                         f"and {val_per_class}")
     if size < PHOTO_MIN_SIZE:
         raise ValueError(f"make_demo_data: --size (the long side) must be >= {PHOTO_MIN_SIZE} pixels for --kind photo, "
                          f"got {size}")

@@ -9,15 +9,19 @@ not evaluated (val_acc1 null) are left out of the Acc@1 panel instead of drawn a
 
 Needs matplotlib (pip install matplotlib); it renders with the Agg backend, so no
 display is required. Exit status 2 with a one-line message on a missing package or a
-missing/empty metrics.jsonl.
+missing/empty metrics.jsonl. The records are read by metrics.read_metrics, the trainer's
+own reader: one per epoch, the last written winning, unreadable lines reported and skipped.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+import metrics  # noqa: E402
 
 # (record field, panel title, y label)
 PANELS = (
@@ -28,31 +32,20 @@ PANELS = (
 )
 
 
-class RunError(Exception):
-    """A run directory whose metrics cannot be plotted; the message names it."""
-
-
 def load_records(run_dir: str) -> list[dict]:
-    """Records of RUN_DIR/metrics.jsonl sorted by epoch, the last one winning per epoch.
+    """The run's records, one per epoch in epoch order; RunFileError when there are none.
 
-    Unparsable lines are skipped: a crash can leave a truncated last line, and the rest
-    of the run is still worth plotting.
+    Unreadable lines (a crash can leave a truncated last line) are skipped with a warning
+    line on stderr: the rest of the run is still worth plotting.
     """
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        raise RunError(f"{run_dir}: no metrics.jsonl (is it a training output directory?)")
-    by_epoch: dict[int, dict] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("epoch"), int):
-                by_epoch[record["epoch"]] = record
-    if not by_epoch:
-        raise RunError(f"{path}: no epoch records yet")
-    return [by_epoch[e] for e in sorted(by_epoch)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = metrics.read_metrics(run_dir)
+    for warning in caught:
+        print(f"plot_curves.py: warning: {warning.message}", file=sys.stderr)
+    if not records:
+        raise metrics.RunFileError(f"{os.path.join(run_dir, metrics.METRICS_FILE)}: no epoch records yet")
+    return records
 
 
 def series(records: list[dict], field: str) -> tuple[list[int], list[float]]:
@@ -126,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, run_dir in zip(run_labels(args.run_dirs), args.run_dirs):
         try:
             runs.append((label, load_records(run_dir)))
-        except (RunError, OSError) as exc:
+        except (metrics.RunFileError, OSError) as exc:
             print(f"plot_curves.py: error: {exc}", file=sys.stderr)
             return 2
     out_dir = os.path.dirname(os.path.abspath(args.output))

@@ -27,54 +27,37 @@ Table 2, convergence
                     ones still running or preempted.
 
 Missing values print "n/a"; nothing is estimated. Exit status 2 with a one-line message
-naming the directory when a summary.json is missing or invalid.
+naming the directory when a summary.json is missing or invalid. The files are read by
+metrics.read_summary, and their fields are those of metrics.SUMMARY_SCHEMA.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+import metrics  # noqa: E402
+
 STANDARD_CARD_COUNTS = (1, 4, 8, 16)
-PRECISIONS = ("fp32", "amp_fp16", "amp_bf16")
-MEMORY_FORMATS = ("channels_last", "contiguous")
 # Fixed column order for table 1; the first two are always printed.
 COLUMN_ORDER = ("FP32", "AMP+NHWC", "FP32+NHWC", "AMP")
 ALWAYS_COLUMNS = ("FP32", "AMP+NHWC")
 
 
-class RunError(Exception):
-    """A run directory whose summary.json cannot be used; the message names the directory."""
-
-
 def load_summary(run_dir: str) -> dict:
-    """Read and check RUN_DIR/summary.json; raise RunError with a one-line reason."""
-    path = os.path.join(run_dir, "summary.json")
-    if not os.path.isfile(path):
-        raise RunError(f"{run_dir}: no summary.json (is it a training output directory of a run that started?)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            summary = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise RunError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RunError(f"{path}: cannot be read ({exc})") from None
-    if not isinstance(summary, dict):
-        raise RunError(f"{path}: expected a JSON object, got {type(summary).__name__}")
-    if summary.get("schema_version") != 1:
-        raise RunError(f"{path}: schema_version {summary.get('schema_version')!r} is not supported (expected 1)")
+    """RUN_DIR/summary.json with the fields the tables group by checked; metrics.RunFileError if unusable."""
+    summary = metrics.read_summary(run_dir)
+    path = os.path.join(run_dir, metrics.SUMMARY_FILE)
     world_size = summary.get("world_size")
     if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
-        raise RunError(f"{path}: world_size must be a positive integer, got {world_size!r}")
-    if summary.get("precision") not in PRECISIONS:
-        raise RunError(f"{path}: precision must be one of {', '.join(PRECISIONS)}, got {summary.get('precision')!r}")
-    if summary.get("memory_format") not in MEMORY_FORMATS:
-        raise RunError(
-            f"{path}: memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {summary.get('memory_format')!r}"
-        )
+        raise metrics.RunFileError(f"{path}: world_size must be a positive integer, got {world_size!r}")
+    for field, choices in (("precision", metrics.PRECISIONS), ("memory_format", metrics.MEMORY_FORMATS)):
+        if summary.get(field) not in choices:
+            raise metrics.RunFileError(f"{path}: {field} must be one of {', '.join(choices)}, "
+                                       f"got {summary.get(field)!r}")
     return summary
 
 
@@ -208,7 +191,7 @@ def convergence_table(runs: list[tuple[str, dict]]) -> str | None:
         "Stability",
     ]
     rows = []
-    for key in sorted(groups, key=lambda k: (k[0], PRECISIONS.index(k[1]), k[2], k[3])):
+    for key in sorted(groups, key=lambda k: (k[0], metrics.PRECISIONS.index(k[1]), k[2], k[3])):
         members = groups[key]
         _, best = pick_best(members)
         reached = sum(1 for _, s in members if s.get("reached_target") is True)
@@ -262,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     for run_dir in args.run_dirs:
         try:
             runs.append((run_dir, load_summary(run_dir)))
-        except RunError as exc:
+        except metrics.RunFileError as exc:
             print(f"results_table.py: error: {exc}", file=sys.stderr)
             return 2
     print(render(runs, args.title))

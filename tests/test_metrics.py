@@ -2,10 +2,8 @@
 
 import json
 import os
-import platform
+import subprocess
 import sys
-import time
-import types
 
 import pytest
 import torch
@@ -181,6 +179,87 @@ def test_format_hms():
     assert metrics.format_hms(None) == "n/a"
 
 
+def test_sink_keeps_the_records_and_reads_the_file_once_at_start(tmp_path, monkeypatch):
+    first = metrics.MetricsSink(str(tmp_path), is_main=True)
+    first.start(None)
+    for epoch in range(4):
+        first.log_epoch(make_record(epoch))
+    assert [r["epoch"] for r in first.records] == [0, 1, 2, 3]
+
+    reads = []
+    real_read = metrics.read_jsonl
+    monkeypatch.setattr(metrics, "read_jsonl", lambda path: reads.append(path) or real_read(path))
+    resumed = metrics.MetricsSink(str(tmp_path), is_main=True)
+    resumed.start(2)  # epochs 2 and 3 are lost with their checkpoint and will run again
+    assert [r["epoch"] for r in resumed.records] == [0, 1]
+    resumed.log_epoch(make_record(2, train_loss=torch.tensor(float("nan"))))
+    resumed.log_epoch(make_record(3, val_acc1=torch.tensor(64.0)))
+    assert len(reads) == 1, "metrics.jsonl must be read once, at start(), not per epoch"
+    # The records are what the file holds: plain numbers, NaN as None.
+    assert resumed.records == read_lines(tmp_path / "metrics.jsonl")
+    assert resumed.records[2]["train_loss"] is None and resumed.records[3]["val_acc1"] == 64.0
+    summary = metrics.summarize_run(resumed.records, make_run_info())
+    assert summary["epochs_run"] == 4 and summary["best_acc1"] == 64.0
+
+
+def test_sink_keeps_records_without_an_output_dir_and_none_on_other_ranks(tmp_path):
+    no_files = metrics.MetricsSink(None, is_main=True)
+    no_files.start(None)
+    no_files.log_epoch(make_record(0))
+    assert [r["epoch"] for r in no_files.records] == [0]
+    other_rank = metrics.MetricsSink(str(tmp_path), is_main=False)
+    other_rank.start(None)
+    other_rank.log_epoch(make_record(0))
+    assert other_rank.records == []
+
+
+# --------------------------------------------------------------------------- reading a run
+
+
+def test_read_metrics_gives_one_record_per_epoch_in_order(tmp_path):
+    lines = [make_record(0), make_record(1, val_acc1=1.0), make_record(2), make_record(1, val_acc1=2.0)]
+    text = "".join(json.dumps(r) + "\n" for r in lines) + '{"epoch": 3, "lr'  # cut short by a crash
+    (tmp_path / "metrics.jsonl").write_text(text)
+    with pytest.warns(UserWarning, match="metrics.jsonl:5"):
+        records = metrics.read_metrics(str(tmp_path))
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert records[1]["val_acc1"] == 2.0  # the epoch written again by a resumed run wins
+    with pytest.raises(metrics.RunFileError, match=f"{tmp_path / 'empty'}: no metrics.jsonl"):
+        metrics.read_metrics(str(tmp_path / "empty"))
+
+
+def test_read_summary_returns_what_the_sink_wrote_and_refuses_other_schemas(tmp_path):
+    sink = metrics.MetricsSink(str(tmp_path), is_main=True)
+    sink.start(None)
+    summary = metrics.summarize_run([make_record(0)], make_run_info())
+    sink.write_summary(summary)
+    assert metrics.read_summary(str(tmp_path)) == summary
+
+    (tmp_path / "summary.json").write_text(json.dumps(dict(summary, schema_version=2)))
+    with pytest.raises(metrics.RunFileError, match="schema_version 2 is not supported"):
+        metrics.read_summary(str(tmp_path))
+    (tmp_path / "summary.json").write_text('{"schema_version": 1,')
+    with pytest.raises(metrics.RunFileError, match="summary.json: invalid JSON at line 1"):
+        metrics.read_summary(str(tmp_path))
+    with pytest.raises(metrics.RunFileError, match="no summary.json"):
+        metrics.read_summary(str(tmp_path / "missing"))
+
+
+def test_schema_is_described_once_and_printed_without_torch():
+    """The field lists, run_info fields and TensorBoard tags all come from RECORD_SCHEMA / SUMMARY_SCHEMA, and
+    the readers' modules import without torch (sys.modules['torch'] = None makes any `import torch` fail)."""
+    assert metrics.RECORD_FIELDS[0] == "epoch" and len(set(metrics.RECORD_FIELDS)) == len(metrics.RECORD_SCHEMA)
+    assert set(metrics.RUN_INFO_FIELDS) < set(metrics.SUMMARY_FIELDS)
+    assert set(metrics.TENSORBOARD_TAGS) < set(metrics.RECORD_FIELDS) and "epoch" not in metrics.TENSORBOARD_TAGS
+    code = ("import runpy, sys; sys.modules['torch'] = None; import fileio, prepare_imagenet; "
+            "runpy.run_path('metrics.py', run_name='__main__')")
+    repo = os.path.dirname(os.path.abspath(metrics.__file__))
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    printed = {line.split("|")[1].strip() for line in result.stdout.splitlines() if line.startswith("| ")}
+    assert set(metrics.RECORD_FIELDS) | set(metrics.SUMMARY_FIELDS) <= printed
+
+
 # --------------------------------------------------------------------------- summary.json
 
 
@@ -321,77 +400,7 @@ def test_tensorboard_missing_package_fails_early_with_hint(tmp_path, monkeypatch
 # --------------------------------------------------------------------------- measurements
 
 
-def test_power_monitor_on_cpu_returns_none_with_reason():
-    monitor = metrics.PowerMonitor(None, interval_s=0.01)
-    monitor.start()
-    watts, note = monitor.stop()
-    assert watts is None
-    assert "CPU" in note
-
-
-def test_power_monitor_without_nvml_package_names_it(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pynvml", None)
-    monitor = metrics.PowerMonitor(0, interval_s=0.01)
-    monitor.start()
-    watts, note = monitor.stop()
-    assert watts is None and "nvidia-ml-py" in note
-
-
-def test_power_monitor_averages_samples_from_nvml(monkeypatch):
-    """A stand-in pynvml exercises the sampling thread and the mean on a CPU machine."""
-    readings = iter([100_000, 200_000, 300_000] + [300_000] * 1000)  # milliwatts
-    fake = types.SimpleNamespace(
-        nvmlInit=lambda: None,
-        nvmlShutdown=lambda: None,
-        nvmlDeviceGetHandleByIndex=lambda i: ("handle", i),
-        nvmlDeviceGetHandleByPciBusId=lambda bus: ("handle", bus),
-        nvmlDeviceGetName=lambda h: b"Fake GPU",
-        nvmlDeviceGetPowerUsage=lambda h: next(readings),
-    )
-    monkeypatch.setitem(sys.modules, "pynvml", fake)
-    monitor = metrics.PowerMonitor(0, interval_s=0.005)
-    monitor.start()
-    time.sleep(0.2)
-    watts, note = monitor.stop()
-    assert 200.0 < watts <= 300.0
-    assert "Fake GPU" in note and "samples" in note
-
-
-def test_peak_memory_helpers_on_cpu():
-    assert metrics.peak_device_memory_gb(torch.device("cpu")) is None
+def test_peak_host_rss_is_plausible():
     rss = metrics.peak_host_rss_gb()
-    # A process that imported torch holds tens of MiB at least, and far less than 1 TiB.
+    # A process that imported numpy holds tens of MiB at least, and far less than 1 TiB.
     assert 0.01 < rss < 1024
-
-
-def test_environment_info_on_cpu():
-    import torchvision
-
-    info = metrics.environment_info(torch.device("cpu"))
-    assert info["torch"] == torch.__version__ and info["torchvision"] == torchvision.__version__
-    assert info["cuda"] == torch.version.cuda
-    assert isinstance(info["device_names"], list) and info["device_names"][0]
-    assert info["hostname"]
-    assert info["python"] == platform.python_version()
-
-
-def test_nvml_handle_prefers_pci_address_then_visible_devices(monkeypatch):
-    """CUDA indices follow CUDA_VISIBLE_DEVICES, NVML's do not: the lookup must translate."""
-    calls = []
-    fake = types.SimpleNamespace(
-        nvmlDeviceGetHandleByPciBusId=lambda bus: calls.append(("pci", bus)) or "h",
-        nvmlDeviceGetHandleByIndex=lambda i: calls.append(("index", i)) or "h",
-    )
-    props = types.SimpleNamespace(pci_domain_id=0, pci_bus_id=0x65, pci_device_id=0)
-    monkeypatch.setattr(metrics.torch.cuda, "get_device_properties", lambda i: props)
-    metrics._nvml_handle(fake, 0)
-    assert calls == [("pci", "00000000:65:00.0")]
-
-    def no_gpu(i):
-        raise RuntimeError("no CUDA")
-
-    calls.clear()
-    monkeypatch.setattr(metrics.torch.cuda, "get_device_properties", no_gpu)
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    metrics._nvml_handle(fake, 1)
-    assert calls == [("index", 5)]

@@ -197,6 +197,15 @@ def test_missing_or_invalid_summary_is_one_line_error(tmp_path, runs):
     assert "invalid JSON" in result.stderr and str(broken) in result.stderr
 
 
+def test_results_table_needs_no_torch_from_any_folder(runs, tmp_path):
+    # sys.modules['torch'] = None makes any `import torch` fail: the table must come from metrics.py alone.
+    code = (f"import runpy, sys; sys.modules['torch'] = None; sys.argv = ['results_table.py', {str(runs['two'])!r}]; "
+            f"runpy.run_path({str(RESULTS_TABLE)!r}, run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert parse_tables(result.stdout)[0][1]["FP32"] == "Acc@1=71.00%,FPS=180,Time=2.0h,BatchSize=32"
+
+
 def test_help_documents_stability():
     result = run_script(RESULTS_TABLE, "--help")
     assert result.returncode == 0
@@ -209,8 +218,11 @@ def test_help_documents_stability():
 def test_plot_curves_writes_png(runs, tmp_path):
     pytest.importorskip("matplotlib", reason="plot_curves.py needs matplotlib")
     out = tmp_path / "curves.png"
+    with open(runs["single"] / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"epoch": 2, "lr')  # a line cut short by a crash: reported, the rest still plotted
     result = run_script(PLOT_CURVES, runs["single"], runs["amp8_ok"], runs["amp4_nchw"], "-o", out)
     assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("plot_curves.py: warning: ") and "metrics.jsonl:3" in result.stderr
     data = out.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
 
