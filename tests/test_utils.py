@@ -57,11 +57,6 @@ def test_exponential_and_apply_sets_every_group():
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.05, 0.05])
 
 
-def test_bad_schedule_names_list_the_choices():
-    with pytest.raises(ValueError, match="steplr, cosineannealinglr, exponentiallr"):
-        utils.LRSchedule(name="poly", epochs=1, iters_per_epoch=1)
-
-
 def test_weight_decay_groups_for_norm_and_bias():
     model = torchvision.models.resnet18(num_classes=4)
     groups = utils.set_weight_decay(model, 1e-4, norm_weight_decay=0.0, custom_keys_weight_decay=[("bias", 0.5)])
