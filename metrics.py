@@ -171,11 +171,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _write_text(path: str, text: str) -> None:
-    """Readers see either the old or the new file, never half (see fileio.atomic_write)."""
-    fileio.atomic_write(path, lambda f: f.write(text), binary=False)
-
-
 # --------------------------------------------------------------------------- reading
 
 
@@ -380,7 +375,8 @@ class MetricsSink:
                 os.replace(path, path + ".prev")
         elif os.path.exists(path):
             self.records = [r for r in read_jsonl(path) if r["epoch"] < resume_epoch]
-            _write_text(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in self.records))
+            text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in self.records)
+            fileio.atomic_write(path, lambda f: f.write(text), binary=False)  # never a half-rewritten file
         if self._writer_cls is not None and self._writer is None:
             # purge_step makes TensorBoard hide events from the abandoned epochs >= resume_epoch.
             self._writer = self._writer_cls(
@@ -424,7 +420,7 @@ class MetricsSink:
         if not self._writes_files():
             return
         text = json.dumps(_plain(summary), indent=2, allow_nan=False) + "\n"
-        _write_text(self.summary_path, text)
+        fileio.atomic_write(self.summary_path, lambda f: f.write(text), binary=False)
 
     def close(self) -> None:
         """Flush and close TensorBoard; safe to call twice."""
