@@ -5,6 +5,10 @@ with `os.replace`, which is atomic on POSIX file systems: a process killed at an
 previous file or the new one, never a truncated one. Checkpoints hold only tensors and plain Python types, so
 they load with `torch.load(path, weights_only=True)`.
 
+What a checkpoint holds is decided by the objects that make up the run, not by this module: the trainer hands
+`CheckpointManager` its stateful parts (model, optimizer, GradScaler, EMA, sampler, RNG states, run counters), each
+with `state_dict` / `load_state_dict`, under the key it has in the file. A new piece of state is one more part.
+
 Files in --output-dir:
   checkpoint.pth        the newest state (end of an epoch, or mid-epoch with --checkpoint-interval)
   model_{epoch}.pth     the state at the end of each epoch (the newest --keep-checkpoints of them are kept)
@@ -15,11 +19,12 @@ import glob
 import os
 import re
 import shutil
-import sys
+import time
 
 import torch
 
 import fileio
+import utils
 
 LATEST = "checkpoint.pth"
 BEST = "model_best.pth"
@@ -162,5 +167,140 @@ def estimate_checkpoint_bytes(model: torch.nn.Module, optimizer_slots: int = 1, 
     return int(total * 1.05) + (1 << 20)
 
 
-def warn(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The run's state: parts that save and restore themselves, and the manager that collects them
+# ------------------------------------------------------------------------------------------------------------
+class RunState:
+    """Where the run stands and what it has measured, carried across resumes.
+
+    `epoch`, `step` is the next iteration to run. In the file, `epoch` keeps the reference's meaning (the last
+    completed epoch) and `step_in_epoch` > 0 marks a mid-epoch checkpoint of epoch + 1. A resume with another
+    world size or global batch restarts the interrupted epoch at the same images (the step is rescaled)."""
+
+    def __init__(self, *, world_size: int, global_batch: int, start_epoch: int = 0):
+        self.world_size, self.global_batch = world_size, global_batch
+        self.epoch, self.step, self.global_step = start_epoch, 0, 0
+        self.best_acc1 = -1.0
+        self.time_to_target_s = self.epochs_to_target = None
+        self.wall_offset, self.run_start = 0.0, time.time()
+        self.epoch_times: list[float] = []
+        self.same_layout = True  # False after resuming a checkpoint of another world size or global batch
+        self.resume_note = None  # a warning for the log, set by load_state_dict
+
+    def wall_time(self) -> float:
+        return self.wall_offset + time.time() - self.run_start
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch - 1,  # mid-epoch (step > 0): the epoch before the one in progress
+            "step_in_epoch": self.step,
+            "lr_scheduler": {"epoch": self.epoch, "step": self.step},  # the schedule is a function of these
+            "global_step": self.global_step,
+            "world_size": self.world_size,
+            "global_batch": self.global_batch,
+            "best_acc1": self.best_acc1,
+            "wall_time_s": self.wall_time(),
+            "time_to_target_s": self.time_to_target_s,
+            "epochs_to_target": self.epochs_to_target,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"]) + 1
+        self.step = int(state.get("step_in_epoch", 0))
+        self.global_step = int(state.get("global_step", 0))
+        self.best_acc1 = float(state.get("best_acc1", -1.0))
+        self.wall_offset, self.run_start = float(state.get("wall_time_s", 0.0)), time.time()
+        self.time_to_target_s, self.epochs_to_target = state.get("time_to_target_s"), state.get("epochs_to_target")
+        saved_world = int(state.get("world_size", self.world_size))
+        saved_batch = int(state.get("global_batch", self.global_batch))
+        self.same_layout = saved_world == self.world_size and saved_batch == self.global_batch
+        if not self.same_layout:
+            self.resume_note = (
+                f"warning: resuming with world size {self.world_size} and global batch {self.global_batch} "
+                f"(checkpoint: {saved_world}, {saved_batch}); the LR schedule follows --lr per iteration of the new "
+                f"batch, so scale --lr with the global batch (linear rule) if you changed it; the data order and "
+                f"augmentation will differ from an uninterrupted run")
+            # Mid-epoch positions are in units of the old batch; restart the epoch's data at the same images.
+            self.step = (self.step * saved_batch) // self.global_batch
+
+
+class RngStates:
+    """Every rank's python/numpy/torch/accelerator RNG states, gathered into one list (rank order). Saving is a
+    collective: all ranks call it. They are restored only when the world size is unchanged (each rank takes its
+    own entry); otherwise the data order differs anyway and the fresh states stay."""
+
+    def __init__(self, dist_info):
+        self.dist_info = dist_info
+
+    def state_dict(self) -> list:
+        return utils.all_gather_objects(utils.get_rng_state(), self.dist_info)
+
+    def load_state_dict(self, states: list) -> None:
+        if len(states) == self.dist_info.world_size:
+            utils.set_rng_state(states[self.dist_info.rank])
+
+
+class SamplerSeed:
+    """The training sampler's part: its position is the run's (RunState, applied each epoch with set_epoch and
+    set_start_batch), so what a resume restores is its seed. The interrupted run's sample order and per-sample
+    augmentation then continue, even when it was started without --seed."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        if "seed" in state:
+            self.sampler.seed = int(state["seed"])
+
+
+class CheckpointManager:
+    """Saves, finds and restores checkpoints made of stateful parts.
+
+    `parts` maps each checkpoint key to an object with `state_dict` / `load_state_dict`; the key None merges that
+    part's entries into the top level (the run counters, where the file has always kept them). Only rank 0 writes;
+    every rank builds the state (the RNG part is a collective) and every rank restores from the same file."""
+
+    def __init__(self, output_dir: str | None, parts: dict, *, dist_info, keep: int | None, extra: dict | None = None):
+        self.output_dir, self.parts, self.dist_info, self.keep = output_dir, parts, dist_info, keep
+        self.extra = extra or {}  # written as is, never restored (the resolved arguments)
+
+    def state(self) -> dict:
+        state = dict(self.extra)
+        for key, part in self.parts.items():
+            if key is None:
+                state.update(part.state_dict())
+            else:
+                state[key] = part.state_dict()
+        return state
+
+    def save(self, *, epoch_end: bool, epoch: int, is_best: bool) -> None:
+        state = self.state()
+        if self.dist_info.is_main and self.output_dir:
+            save_checkpoint(state, self.output_dir, epoch_end=epoch_end, epoch=epoch, is_best=is_best,
+                            keep=self.keep)
+        utils.barrier(self.dist_info)
+
+    def find(self, resume: str, log) -> tuple[str, dict] | None:
+        """--resume PATH, or the newest good checkpoint in the output folder for --resume auto (None if none)."""
+        if resume != "auto":
+            return resume, load_checkpoint(resume)
+        found = find_resume_checkpoint(self.output_dir, log=log) if os.path.isdir(self.output_dir or "") else None
+        if found is None:
+            log(f"resume auto: no checkpoint in {self.output_dir}; starting fresh")
+        return found
+
+    def restore(self, ckpt: dict, *, only: tuple[str, ...] | None = None) -> None:
+        """Load the checkpoint's entries into the parts (all, or the keys in `only`). A part whose key the file
+        lacks (no EMA in it, a disabled GradScaler) keeps its fresh state."""
+        for key, part in self.parts.items():
+            if only is not None and key not in only:
+                continue
+            if key is None:
+                part.load_state_dict(ckpt)
+            elif key in ckpt:
+                part.load_state_dict(ckpt[key])

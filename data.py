@@ -181,8 +181,6 @@ def build_datasets(cfg: DataConfig, need_train: bool, roi_library: str | None = 
 
 def build_data_loaders(cfg: DataConfig, *, rank: int, world_size: int, need_train: bool = True) -> Loaders:
     """Datasets, samplers and DataLoaders for training and evaluation."""
-    if cfg.backend not in BACKENDS:
-        raise ValueError(f"--backend {cfg.backend!r} is not supported; choose one of {', '.join(BACKENDS)}")
     roi_library, decode_note = resolve_roi_decode(cfg) if need_train else (None, None)
     splits, classes = build_datasets(cfg, need_train, roi_library)
     encoded = cfg.decode_on_device

@@ -7,9 +7,10 @@ One node, 8 GPUs (what scripts/amp_8cards.sh runs):
 Two nodes: the same on each node with --nnodes 2 --node-rank 0|1 --master-addr HOST (scripts/*_16cards.sh).
 
 Options follow torchvision's references/classification/train.py (same names, defaults and meaning); the
-additions are listed in the README. The story of a run: `main` validates the arguments, starts the process
-group, builds data, model, optimizer and schedule, restores a checkpoint when asked, then alternates
-`train_one_epoch` and `evaluate`, saving a checkpoint after each epoch.
+additions are listed in the README. The story of a run: the parser checks each option, `main` checks their
+combinations, starts the process group, `build_run` builds data, model, optimizer and precision, a checkpoint
+manager restores the run when asked, then `train_epochs` alternates `train_one_epoch` and `evaluate`, saving a
+checkpoint after each epoch. `--benchmark` runs bench.py on the same `build_run`.
 
 Exit codes: 0 done; 2 bad input or configuration (one line says what); 3 the loss became NaN/Inf;
 75 stopped by SIGTERM/SIGUSR1 after saving a checkpoint (resume with --resume auto).
@@ -18,6 +19,7 @@ Exit codes: 0 done; 2 bad input or configuration (one line says what); 3 the los
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -32,6 +34,7 @@ import data
 import datasets
 import jpeg_roi
 import metrics
+import presets
 import transforms
 import utils
 
@@ -41,6 +44,8 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later" - the job can be requeued 
 MAX_CONSECUTIVE_SKIPPED_STEPS = 50  # float16 AMP: a few skipped steps are normal, a long run of them is not
 # max-autotune benchmarks kernels on every rank for many minutes; a rank that finishes first waits in a collective.
 COMPILE_DIST_TIMEOUT_MIN = 120.0
+OPTIMIZERS = ("sgd", "sgd_nesterov", "rmsprop", "adamw")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class ConfigError(ValueError):
@@ -51,14 +56,65 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+# ------------------------------------------------------------------------------------------------------------
+# Options, each checked where it is declared: a bad value ends the run with one line naming the option (exit 2)
+# ------------------------------------------------------------------------------------------------------------
+def number(kind=float, low=None, high=None, *, low_open=False, high_open=False):
+    """argparse `type` for a finite int or float within [low, high] (an end is excluded when `*_open`)."""
+    if low is not None and high is not None:
+        rule = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        rule = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        rule = f"{'<' if high_open else '<='} {high:g}"
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'} {rule}, "
+                                             f"got {text!r}") from None
+        too_low = low is not None and (value < low or (low_open and value == low))
+        too_high = high is not None and (value > high or (high_open and value == high))
+        if not math.isfinite(value) or too_low or too_high:  # NaN and infinity are never valid
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
+POSITIVE_INT, COUNT = number(int, 1), number(int, 0)
+NON_NEGATIVE, POSITIVE, FRACTION = number(float, 0), number(float, 0, low_open=True), number(float, 0, 1)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with errors on one line: the option, what is wrong, and where to look."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser(description="ResNet50 ImageNet training", add_help=add_help)
-    g = parser.add_argument_group("data")
+    parser = OneLineParser(description="ResNet50 ImageNet training", add_help=add_help)
+    add_data_args(parser.add_argument_group("data"))
+    add_model_args(parser.add_argument_group("model and optimization"))
+    add_run_args(parser.add_argument_group("run, checkpoints and distributed"))
+    g = parser.add_argument_group("benchmark (bench.py)")
+    g.add_argument("--benchmark", default=None, choices=["model", "data", "full"],
+                   help="model: synthetic batches on the device; data: the input pipeline only; full: real training")
+    g.add_argument("--benchmark-steps", default=50, type=POSITIVE_INT, help="timed steps")
+    g.add_argument("--benchmark-warmup", default=10, type=COUNT, help="untimed steps before timing")
+    return parser
+
+
+def add_data_args(g):
     g.add_argument("--data-path", default=None, type=str, help="ImageNet folder with train/<class>/ and val/<class>/")
-    g.add_argument("-j", "--workers", default=None, type=int, metavar="N",
+    g.add_argument("-j", "--workers", default=None, type=COUNT, metavar="N",
                    help="data loading workers per process (default: CPU cores / processes on this node, at most 16)")
     g.add_argument("--cache-dataset", action="store_true", help="cache the file lists (JSON) to start faster")
-    g.add_argument("--backend", default="pil", type=str.lower, help="pil or tensor (torchvision's presets), or fast (uint8 pipeline)")
+    g.add_argument("--backend", default="pil", type=str.lower, choices=data.BACKENDS,
+                   help="pil or tensor (torchvision's presets), or fast (uint8 pipeline)")
     g.add_argument("--use-v2", action="store_true", help="use torchvision.transforms.v2 in the pil/tensor presets")
     g.add_argument("--decode-device", default="cpu", choices=["cpu", "cuda"],
                    help="cuda: workers only read bytes; JPEGs are decoded on the GPU in batches (nvJPEG)")
@@ -68,45 +124,53 @@ def get_args_parser(add_help=True):
     g.add_argument("--bad-images", default="error", choices=["error", "skip"],
                    help="an unreadable image stops the run (error) or is replaced by another and counted (skip)")
     g.add_argument("--verify-data", action="store_true", help="scan train/ and val/ for unreadable images and exit")
-    g.add_argument("--interpolation", default="bilinear", type=str, help="the interpolation method")
-    g.add_argument("--val-resize-size", default=256, type=int, help="the resize size used for validation")
-    g.add_argument("--val-crop-size", default=224, type=int, help="the central crop size used for validation")
-    g.add_argument("--train-crop-size", default=224, type=int, help="the random crop size used for training")
-    g.add_argument("--auto-augment", default=None, type=str, help="auto augment policy (ra, ta_wide, augmix, imagenet, ...)")
-    g.add_argument("--ra-magnitude", default=9, type=int, help="magnitude of auto augment policy")
-    g.add_argument("--augmix-severity", default=3, type=int, help="severity of augmix policy")
-    g.add_argument("--random-erase", default=0.0, type=float, help="random erasing probability")
+    g.add_argument("--interpolation", default="bilinear", type=str.lower,
+                   choices=[mode.value for mode in presets.InterpolationMode],
+                   help="the interpolation method")
+    g.add_argument("--val-resize-size", default=256, type=POSITIVE_INT, help="the resize size used for validation")
+    g.add_argument("--val-crop-size", default=224, type=POSITIVE_INT, help="the central crop size used for validation")
+    g.add_argument("--train-crop-size", default=224, type=POSITIVE_INT, help="the random crop size used for training")
+    g.add_argument("--auto-augment", default=None, type=str.lower, choices=presets.AUTO_AUGMENT_POLICIES,
+                   help="auto augment policy")
+    g.add_argument("--ra-magnitude", default=9, type=COUNT, help="magnitude of auto augment policy")
+    g.add_argument("--augmix-severity", default=3, type=number(int, 1, 10), help="severity of augmix policy")
+    g.add_argument("--random-erase", default=0.0, type=FRACTION, help="random erasing probability")
     g.add_argument("--ra-sampler", action="store_true", help="use repeated augmentation in training")
-    g.add_argument("--ra-reps", default=3, type=int, help="number of repetitions for the repeated augmentation sampler")
-    g.add_argument("--mixup-alpha", default=0.0, type=float, help="mixup alpha")
-    g.add_argument("--cutmix-alpha", default=0.0, type=float, help="cutmix alpha")
+    g.add_argument("--ra-reps", default=3, type=POSITIVE_INT, help="number of repetitions for the repeated augmentation sampler")
+    g.add_argument("--mixup-alpha", default=0.0, type=NON_NEGATIVE, help="mixup alpha")
+    g.add_argument("--cutmix-alpha", default=0.0, type=NON_NEGATIVE, help="cutmix alpha")
 
-    g = parser.add_argument_group("model and optimization")
+
+def add_model_args(g):
     g.add_argument("--model", default="resnet50", type=str, help="torchvision model name")
     g.add_argument("--weights", default=None, type=str, help="the weights enum name to load")
     g.add_argument("--device", default=accelerator.default_device_type(), type=str,
                    help="cuda, xpu, npu or cpu (default: this machine's accelerator, else cpu); under torchrun each "
                         "process takes its local rank's card; cuda:N picks a card in a single process")
-    g.add_argument("-b", "--batch-size", default=32, type=int, help="images per process (global batch = b x processes)")
-    g.add_argument("--epochs", default=90, type=int, metavar="N", help="number of total epochs to run")
-    g.add_argument("--opt", default="sgd", type=str.lower, help="sgd, sgd_nesterov, rmsprop or adamw")
-    g.add_argument("--lr", default=0.1, type=float, help="initial learning rate")
-    g.add_argument("--momentum", default=0.9, type=float, metavar="M", help="momentum")
-    g.add_argument("--wd", "--weight-decay", default=1e-4, type=float, metavar="W", dest="weight_decay",
+    g.add_argument("-b", "--batch-size", default=32, type=POSITIVE_INT,
+                   help="images per process (global batch = b x processes)")
+    g.add_argument("--epochs", default=90, type=POSITIVE_INT, metavar="N", help="number of total epochs to run")
+    g.add_argument("--opt", default="sgd", type=str.lower, choices=OPTIMIZERS, help="optimizer")
+    g.add_argument("--lr", default=0.1, type=POSITIVE, help="initial learning rate")
+    g.add_argument("--momentum", default=0.9, type=number(float, 0, 1, high_open=True), metavar="M", help="momentum")
+    g.add_argument("--wd", "--weight-decay", default=1e-4, type=NON_NEGATIVE, metavar="W", dest="weight_decay",
                    help="weight decay")
-    g.add_argument("--norm-weight-decay", default=None, type=float, help="weight decay for normalization layers")
-    g.add_argument("--bias-weight-decay", default=None, type=float, help="weight decay for bias parameters")
-    g.add_argument("--transformer-embedding-decay", default=None, type=float,
+    g.add_argument("--norm-weight-decay", default=None, type=NON_NEGATIVE, help="weight decay for normalization layers")
+    g.add_argument("--bias-weight-decay", default=None, type=NON_NEGATIVE, help="weight decay for bias parameters")
+    g.add_argument("--transformer-embedding-decay", default=None, type=NON_NEGATIVE,
                    help="weight decay for embedding parameters of vision transformer models")
-    g.add_argument("--label-smoothing", default=0.0, type=float, help="label smoothing")
-    g.add_argument("--lr-scheduler", default="steplr", type=str.lower, help="steplr, cosineannealinglr or exponentiallr")
-    g.add_argument("--lr-warmup-epochs", default=0, type=int, help="epochs of warmup (applied per iteration)")
-    g.add_argument("--lr-warmup-method", default="constant", type=str.lower, help="linear or constant")
-    g.add_argument("--lr-warmup-decay", default=0.01, type=float, help="the decay for lr in warmup")
-    g.add_argument("--lr-step-size", default=30, type=int, help="decrease lr every step-size epochs")
-    g.add_argument("--lr-gamma", default=0.1, type=float, help="decrease lr by a factor of lr-gamma")
-    g.add_argument("--lr-min", default=0.0, type=float, help="minimum lr of the cosine schedule")
-    g.add_argument("--clip-grad-norm", default=None, type=float, help="the maximum gradient norm")
+    g.add_argument("--label-smoothing", default=0.0, type=number(float, 0, 1, high_open=True), help="label smoothing")
+    g.add_argument("--lr-scheduler", default="steplr", type=str.lower, choices=utils.LRSchedule.NAMES,
+                   help="the main schedule after warmup")
+    g.add_argument("--lr-warmup-epochs", default=0, type=COUNT, help="epochs of warmup (applied per iteration)")
+    g.add_argument("--lr-warmup-method", default="constant", type=str.lower, choices=utils.LRSchedule.WARMUPS,
+                   help="the warmup shape")
+    g.add_argument("--lr-warmup-decay", default=0.01, type=number(float, 0, 1, low_open=True),
+                   help="the decay for lr in warmup")
+    g.add_argument("--lr-step-size", default=30, type=POSITIVE_INT, help="decrease lr every step-size epochs")
+    g.add_argument("--lr-gamma", default=0.1, type=POSITIVE, help="decrease lr by a factor of lr-gamma")
+    g.add_argument("--lr-min", default=0.0, type=NON_NEGATIVE, help="minimum lr of the cosine schedule")
+    g.add_argument("--clip-grad-norm", default=None, type=POSITIVE, help="the maximum gradient norm")
     g.add_argument("--sync-bn", action="store_true",
                    help="use synchronized BatchNorm across processes (costs a host synchronization per BatchNorm "
                         "layer in torch's implementation: about 50 per ResNet50 step)")
@@ -118,74 +182,62 @@ def get_args_parser(add_help=True):
                    help="NVIDIA Ampere and later: float32 convolutions and matmuls in TF32 (on, PyTorch's default for "
                         "convolutions) or IEEE float32 (off)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--compile-mode", default="default",
-                   help="torch.compile mode (default, reduce-overhead, max-autotune); max-autotune modes raise the "
-                        f"collectives' timeout to at least {COMPILE_DIST_TIMEOUT_MIN:g} minutes (every rank compiles)")
+    g.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                   help="torch.compile mode; max-autotune modes raise the collectives' timeout to at least "
+                        f"{COMPILE_DIST_TIMEOUT_MIN:g} minutes (every rank compiles)")
     g.add_argument("--model-ema", action="store_true", help="track an exponential moving average of the weights")
-    g.add_argument("--model-ema-steps", default=32, type=int, help="iterations between EMA updates")
-    g.add_argument("--model-ema-decay", default=0.99998, type=float, help="EMA decay factor")
+    g.add_argument("--model-ema-steps", default=32, type=POSITIVE_INT, help="iterations between EMA updates")
+    g.add_argument("--model-ema-decay", default=0.99998, type=FRACTION, help="EMA decay factor")
     g.add_argument("--use-deterministic-algorithms", action="store_true", help="forces deterministic algorithms")
-    g.add_argument("--seed", default=None, type=int, help="seed for python, numpy, torch and the sampler (random if unset)")
+    g.add_argument("--seed", default=None, type=COUNT, help="seed for python, numpy, torch and the sampler (random if unset)")
 
-    g = parser.add_argument_group("run, checkpoints and distributed")
-    g.add_argument("--print-freq", default=10, type=int, help="print frequency (iterations)")
+
+def add_run_args(g):
+    g.add_argument("--print-freq", default=10, type=POSITIVE_INT, help="print frequency (iterations)")
     g.add_argument("--output-dir", default=".", type=str, help="path to save outputs")
     g.add_argument("--resume", default="", type=str, help="checkpoint path, or 'auto' for the newest good one in --output-dir")
-    g.add_argument("--start-epoch", default=0, type=int, metavar="N", help="start epoch")
+    g.add_argument("--start-epoch", default=0, type=COUNT, metavar="N", help="start epoch")
     g.add_argument("--test-only", action="store_true", help="only evaluate the model (with --resume or --weights)")
-    g.add_argument("--keep-checkpoints", default=None, type=int, metavar="N", help="keep the newest N model_{epoch}.pth (default: all)")
-    g.add_argument("--checkpoint-interval", default=0, type=int, metavar="STEPS", help="also save every STEPS iterations")
-    g.add_argument("--eval-interval", default=1, type=int, metavar="N", help="evaluate every N epochs (always after the last)")
-    g.add_argument("--target-acc", default=None, type=float, help="stop at the first evaluation with Acc@1 >= this (e.g. 75.9)")
+    g.add_argument("--keep-checkpoints", default=None, type=POSITIVE_INT, metavar="N",
+                   help="keep the newest N model_{epoch}.pth (default: all)")
+    g.add_argument("--checkpoint-interval", default=0, type=COUNT, metavar="STEPS",
+                   help="also save every STEPS iterations (0: at epoch ends only)")
+    g.add_argument("--eval-interval", default=1, type=POSITIVE_INT, metavar="N",
+                   help="evaluate every N epochs (always after the last)")
+    g.add_argument("--target-acc", default=None, type=number(float, 0, 100, low_open=True),
+                   help="stop at the first evaluation with Acc@1 >= this (e.g. 75.9)")
     g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to OUTPUT/tensorboard")
-    g.add_argument("--max-steps-per-epoch", default=None, type=int, help="cut every epoch after N steps (smoke tests)")
-    g.add_argument("--world-size", default=1, type=int, help="number of distributed processes (set by torchrun)")
+    g.add_argument("--max-steps-per-epoch", default=None, type=POSITIVE_INT,
+                   help="cut every epoch after N steps (smoke tests)")
+    g.add_argument("--world-size", default=1, type=POSITIVE_INT,
+                   help="number of distributed processes; set by the launcher (torchrun, SLURM), not read from here")
     g.add_argument("--dist-url", default="env://", type=str, help="url used to set up distributed training")
     g.add_argument("--dist-backend", default=None, type=str,
                    help="default process group's backend (default: nccl on CUDA, xccl on XPU, hccl on NPU, gloo on "
                         "CPU); host values always travel on a separate gloo group")
-    g.add_argument("--dist-timeout", default=30.0, type=float, metavar="MINUTES", help="a collective waiting longer fails")
-
-    g = parser.add_argument_group("benchmark")
-    g.add_argument("--benchmark", default=None, choices=["model", "data", "full"],
-                   help="model: synthetic batches on the device; data: the input pipeline only; full: real training")
-    g.add_argument("--benchmark-steps", default=50, type=int, help="timed steps")
-    g.add_argument("--benchmark-warmup", default=10, type=int, help="untimed steps before timing")
-    return parser
+    g.add_argument("--dist-timeout", default=30.0, type=POSITIVE, metavar="MINUTES",
+                   help="a collective waiting longer fails")
 
 
-# ------------------------------------------------------------------------------------------------------------
-# Validation: every problem found before any process group or worker starts
-# ------------------------------------------------------------------------------------------------------------
 def validate_args(args) -> None:
+    """What one option's type cannot check: combinations, files, and the device. Runs before any process group
+    or worker starts."""
     if args.benchmark != "model" and args.data_path is None:
         raise ConfigError("--data-path is required (a folder with train/<class>/ and val/<class>/)")
     device = run_device(args)
     if args.decode_device == "cuda" and not accelerator.is_nvidia(device):
         raise ConfigError("--decode-device cuda decodes with nvJPEG, which NVIDIA GPUs alone have: it needs "
                           "--device cuda on an NVIDIA GPU; use --decode-device cpu")
-    if args.backend not in data.BACKENDS:
-        raise ConfigError(f"--backend {args.backend!r} is not supported; choose one of {', '.join(data.BACKENDS)}")
+    if args.backend == "fast" and args.interpolation not in transforms.INTERPOLATIONS:
+        raise ConfigError(f"--interpolation {args.interpolation} is not supported by --backend fast; choose one of "
+                          f"{', '.join(transforms.INTERPOLATIONS)}")
     if args.roi_decode == "on" and (args.backend != "fast" or args.decode_device == "cuda"):
         raise ConfigError("--roi-decode on needs --backend fast with CPU decoding (--decode-device cpu)")
-    if args.opt not in ("sgd", "sgd_nesterov", "rmsprop", "adamw"):
-        raise ConfigError(f"--opt {args.opt!r} is not supported; choose sgd, sgd_nesterov, rmsprop or adamw")
-    if args.lr_scheduler not in ("steplr", "cosineannealinglr", "exponentiallr"):
-        raise ConfigError(f"--lr-scheduler {args.lr_scheduler!r} is not supported; choose steplr, cosineannealinglr or exponentiallr")
-    if args.lr_warmup_method not in ("linear", "constant"):
-        raise ConfigError(f"--lr-warmup-method {args.lr_warmup_method!r} is not supported; choose linear or constant")
     launched = utils.read_launcher_env()
     if args.sync_bn and device.type == "cpu" and launched and launched["world_size"] > 1:
         raise ConfigError("--sync-bn needs an accelerator (SyncBatchNorm does not run on the CPU); drop it for CPU runs")
     if args.amp and args.amp_dtype == "float16" and device.type == "cpu":
         raise ConfigError("--amp-dtype float16 needs an accelerator; on CPU --amp uses bfloat16")
-    for name in ("batch_size", "epochs", "print_freq", "eval_interval", "benchmark_steps"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
-    if args.workers is not None and args.workers < 0:
-        raise ConfigError(f"--workers must be >= 0 (got {args.workers})")
-    if args.keep_checkpoints is not None and args.keep_checkpoints < 1:
-        raise ConfigError("--keep-checkpoints must be at least 1")
     if args.test_only and not (args.resume or args.weights):
         raise ConfigError("--test-only needs a model: pass --resume PATH (or --weights)")
     if args.resume and args.resume != "auto" and not os.path.isfile(args.resume):
@@ -210,12 +262,6 @@ def dist_timeout_minutes(args) -> float:
     if args.compile and "max-autotune" in args.compile_mode:
         return max(args.dist_timeout, COMPILE_DIST_TIMEOUT_MIN)
     return args.dist_timeout
-
-
-def default_workers(local_world_size: int) -> int:
-    """CPU cores this process may use, shared by the processes of this node, at most 16 per process."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(16, cores // max(1, local_world_size)))
 
 
 def resolve_precision(args, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -293,15 +339,12 @@ def build_ema(model: nn.Module, *, world_size: int, batch_size: int, ema_steps: 
     )
 
 
-def data_config(args, seed: int, workers: int, device: torch.device) -> data.DataConfig:
-    return data.DataConfig(pin_memory=accelerator.pin_memory(device),
-        data_path=args.data_path, backend=args.backend, decode_on_device=args.decode_device == "cuda",
-        batch_size=args.batch_size, workers=workers, train_crop_size=args.train_crop_size,
-        val_resize_size=args.val_resize_size, val_crop_size=args.val_crop_size, interpolation=args.interpolation,
-        auto_augment=args.auto_augment, ra_magnitude=args.ra_magnitude, augmix_severity=args.augmix_severity,
-        random_erase=args.random_erase, use_v2=args.use_v2, ra_sampler=args.ra_sampler, ra_reps=args.ra_reps,
-        seed=seed, roi_decode=args.roi_decode, bad_images=args.bad_images, cache_dataset=args.cache_dataset,
-    )
+def data_config(args, device: torch.device, dist_info: utils.DistInfo, *, endless: bool = False) -> data.DataConfig:
+    """The input pipeline's settings: the options of the same names, plus what the run decides."""
+    same_names = {f.name: getattr(args, f.name) for f in dataclasses.fields(data.DataConfig) if hasattr(args, f.name)}
+    workers = args.workers if args.workers is not None else datasets.default_workers(dist_info.local_world_size)
+    return data.DataConfig(**{**same_names, "workers": workers}, decode_on_device=args.decode_device == "cuda",
+                           pin_memory=accelerator.pin_memory(device), endless=endless)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -326,153 +369,219 @@ def main(args) -> int:
             f"{args.dist_timeout:g}) while every rank compiles")
     try:
         if args.benchmark:
-            return run_benchmark(args, device, dist_info, log)
-        return run_training(args, device, dist_info, log)
+            import bench  # the measurement mode, built by the same build_run as training
+
+            return bench.run_benchmark(args, device, dist_info, log)
+        return run_training(args, build_run(args, device, dist_info, log), log)
     finally:
         data.stop_workers()
         utils.cleanup_distributed(dist_info)
 
 
-def run_training(args, device: torch.device, dist_info: utils.DistInfo, log) -> int:
-    run_start = time.time()
-    seed = args.seed if args.seed is not None else utils.shared_random_seed(dist_info)
-    args.seed = seed  # recorded in args.json and the checkpoint; a resume takes the data seed from there
-    setup_determinism(args.use_deterministic_algorithms, device)
-    utils.seed_everything(seed, dist_info.rank)
+@dataclasses.dataclass
+class Run:
+    """Everything a run is made of, built once by `build_run` for training, evaluation and benchmarks."""
 
-    workers = args.workers if args.workers is not None else default_workers(dist_info.local_world_size)
-    cfg = data_config(args, seed, workers, device)
-    loaders = data.build_data_loaders(cfg, rank=dist_info.rank, world_size=dist_info.world_size,
-                                      need_train=not args.test_only)
-    if loaders.decode_note:
-        log(loaders.decode_note)
-    num_classes = len(loaders.classes)
+    device: torch.device
+    dist_info: utils.DistInfo
+    cfg: data.DataConfig | None
+    loaders: data.Loaders | None
+    model: nn.Module  # without DDP or compile: what checkpoints and evaluation use
+    train_model: nn.Module  # what the training step calls (DDP and/or compiled)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    model_ema: torch.optim.swa_utils.AveragedModel | None
+    steps_per_epoch: int
+    batch_size: int  # per process
+    channels_last: bool
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.dist_info.world_size
+
+    def autocast(self):
+        return accelerator.autocast(self.device, self.amp_dtype)
+
+    def device_loader(self, train: bool) -> data.DeviceLoader:
+        # The uint8 pipeline normalizes straight into the autocast dtype.
+        return data.make_device_loader(self.loaders.train if train else self.loaders.val, self.cfg, self.device,
+                                       train=train, channels_last=self.channels_last,
+                                       dtype=self.amp_dtype or torch.float32)
+
+
+def build_run(args, device: torch.device, dist_info: utils.DistInfo, log, *, with_data: bool = True,
+              endless: bool = False) -> Run:
+    """Seeds, data, model, optimizer, precision and EMA, in the order training needs them. `with_data=False`
+    (the model benchmark) trains on 1000 classes without a data set; `endless` iterates the train loader once."""
+    if args.seed is None:  # one random seed for all ranks, recorded in args.json and the checkpoint
+        args.seed = utils.shared_random_seed(dist_info)
+    setup_determinism(args.use_deterministic_algorithms, device)
+    utils.seed_everything(args.seed, dist_info.rank)
+    cfg = loaders = None
+    num_classes = 1000
+    if with_data:
+        cfg = data_config(args, device, dist_info, endless=endless)
+        loaders = data.build_data_loaders(cfg, rank=dist_info.rank, world_size=dist_info.world_size,
+                                          need_train=not args.test_only)
+        if loaders.decode_note:
+            log(loaders.decode_note)
+        num_classes = len(loaders.classes)
     model = build_model(args.model, args.weights, num_classes, channels_last=args.channels_last, device=device,
                         sync_bn_group=dist_info.device_group if args.sync_bn and dist_info.distributed else None)
-    model_without_ddp = model
     amp_dtype, use_scaler = resolve_precision(args, device)
-    scaler = accelerator.grad_scaler(device, enabled=use_scaler)
     optimizer = build_optimizer(model, opt=args.opt, lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay, norm_weight_decay=args.norm_weight_decay,
                                 bias_weight_decay=args.bias_weight_decay,
                                 transformer_embedding_decay=args.transformer_embedding_decay, device=device)
-    steps_per_epoch = len(loaders.train) if loaders.train is not None else 0
-    if args.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
-    schedule = build_lr_schedule(args, steps_per_epoch)
     model_ema = None
     if args.model_ema:
-        model_ema = build_ema(model_without_ddp, world_size=dist_info.world_size, batch_size=args.batch_size,
+        model_ema = build_ema(model, world_size=dist_info.world_size, batch_size=args.batch_size,
                               ema_steps=args.model_ema_steps, ema_decay=args.model_ema_decay, epochs=args.epochs,
                               device=device)
+    train_model = wrap_ddp(model, device, dist_info.device_group) if dist_info.distributed else model
+    if args.compile:
+        train_model = torch.compile(train_model, mode=args.compile_mode)
+    steps = len(loaders.train) if loaders is not None and loaders.train is not None and not endless else 0
+    if args.max_steps_per_epoch:
+        steps = min(steps, args.max_steps_per_epoch)
+    return Run(device=device, dist_info=dist_info, cfg=cfg, loaders=loaders, model=model, train_model=train_model,
+               optimizer=optimizer, scaler=accelerator.grad_scaler(device, enabled=use_scaler), amp_dtype=amp_dtype,
+               model_ema=model_ema, steps_per_epoch=steps, batch_size=args.batch_size,
+               channels_last=args.channels_last)
 
-    if dist_info.is_main and args.output_dir and not args.test_only:
-        ckpt_io.check_output_dir(args.output_dir, ckpt_io.estimate_checkpoint_bytes(model, 1, model_ema is not None))
 
-    resume = restore(args, model_without_ddp, optimizer, scaler, model_ema, loaders.train_sampler, dist_info, log)
-    start_epoch, start_step = resume["epoch"], resume["step"]
-    if dist_info.is_main and args.output_dir and not args.test_only:
-        save_args(args, args.output_dir)  # after restore: a resume may have taken the checkpoint's seed
+def checkpoint_manager(args, run: Run, progress: ckpt_io.RunState) -> ckpt_io.CheckpointManager:
+    """The run's stateful parts, under the keys the checkpoint file has always used."""
+    parts = {"model": run.model, "optimizer": run.optimizer, "rng_states": ckpt_io.RngStates(run.dist_info),
+             None: progress}
+    if run.loaders.train_sampler is not None:
+        parts["sampler"] = ckpt_io.SamplerSeed(run.loaders.train_sampler)
+    if run.scaler.is_enabled():
+        parts["scaler"] = run.scaler
+    if run.model_ema is not None:
+        parts["model_ema"] = run.model_ema
+    return ckpt_io.CheckpointManager(args.output_dir or None, parts, dist_info=run.dist_info,
+                                     keep=args.keep_checkpoints, extra={"args": vars(args)})
 
-    if dist_info.distributed:
-        model = wrap_ddp(model, device, dist_info.device_group)
-    train_model = torch.compile(model, mode=args.compile_mode) if args.compile else model
-    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    autocast = autocast_factory(device, amp_dtype)
-    input_dtype = amp_dtype or torch.float32  # the uint8 pipeline normalizes straight into the autocast dtype
-    val_loader = data.make_device_loader(loaders.val, cfg, device, train=False, channels_last=args.channels_last,
-                                         dtype=input_dtype)
 
+def resume_run(args, manager: ckpt_io.CheckpointManager, progress: ckpt_io.RunState, log) -> bool:
+    """--resume: load the checkpoint into the run's parts (the model alone for --test-only). True if resumed."""
+    found = manager.find(args.resume, log) if args.resume else None
+    if found is None:
+        return False
+    path, ckpt = found
     if args.test_only:
-        stats = evaluate(model_without_ddp, criterion, val_loader, device, autocast=autocast, dist_info=dist_info)
+        manager.restore(ckpt, only=("model",))
+        log(f"loaded {path} (epoch {ckpt.get('epoch')})")
+        return False
+    manager.restore(ckpt)
+    sampler_seed = manager.parts["sampler"].sampler.seed
+    if sampler_seed != args.seed:
+        # The sample order and per-sample augmentation follow the interrupted run's seed.
+        log(f"resume: continuing with the checkpoint's data seed {sampler_seed} (this run's: {args.seed})")
+        args.seed = sampler_seed
+    if progress.resume_note:
+        log(progress.resume_note)
+    log(f"resumed from {path}: epoch {progress.epoch}, step {progress.step} (global step {progress.global_step})")
+    return True
+
+
+def run_training(args, run: Run, log) -> int:
+    dist_info, device = run.dist_info, run.device
+    progress = ckpt_io.RunState(world_size=dist_info.world_size, global_batch=run.global_batch,
+                                start_epoch=args.start_epoch)
+    manager = checkpoint_manager(args, run, progress)
+    writes = dist_info.is_main and args.output_dir and not args.test_only
+    if writes:
+        ckpt_io.check_output_dir(args.output_dir,
+                                 ckpt_io.estimate_checkpoint_bytes(run.model, 1, run.model_ema is not None))
+    resumed = resume_run(args, manager, progress, log)
+    if writes:
+        save_args(args, args.output_dir)  # after the resume, which may have taken the checkpoint's seed
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    val_loader = run.device_loader(train=False)
+    if args.test_only:
+        stats = evaluate(run.model, criterion, val_loader, device, autocast=run.autocast, dist_info=dist_info)
         log(f"Test: Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} ({stats['count']} images)")
         return 0
 
-    global_batch = args.batch_size * dist_info.world_size
     mixup = transforms.get_mixup_cutmix(mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha,
-                                             num_classes=num_classes, use_v2=args.use_v2)
-    train_loader = data.make_device_loader(loaders.train, cfg, device, train=True, channels_last=args.channels_last,
-                                           dtype=input_dtype)
-    train_step = TrainStep(train_model, criterion, optimizer, schedule=schedule, scaler=scaler, autocast=autocast,
-                           device=device, mixup=mixup, model_ema=model_ema, ema_steps=args.model_ema_steps,
-                           warmup_epochs=args.lr_warmup_epochs, clip_grad_norm=args.clip_grad_norm)
+                                        num_classes=len(run.loaders.classes), use_v2=args.use_v2)
+    train_step = TrainStep(run.train_model, criterion, run.optimizer, schedule=build_lr_schedule(args, run.steps_per_epoch),
+                           scaler=run.scaler, autocast=run.autocast, device=device, mixup=mixup,
+                           model_ema=run.model_ema, ema_steps=args.model_ema_steps, warmup_epochs=args.lr_warmup_epochs,
+                           clip_grad_norm=args.clip_grad_norm)
     sink = metrics.MetricsSink(args.output_dir or None, is_main=dist_info.is_main, tensorboard=args.tensorboard)
-    sink.start(resume_epoch=start_epoch if resume["resumed"] else None)
+    sink.start(resume_epoch=progress.epoch if resumed else None)
     power = accelerator.PowerMonitor(device)
     power.start()
     stop = utils.StopAgreement(utils.PreemptionFlag().install(), dist_info)
-    run = RunState(best_acc1=resume["best_acc1"], wall_offset=resume["wall_time_s"], run_start=run_start,
-                   global_step=resume["global_step"], time_to_target_s=resume.get("time_to_target_s"),
-                   epochs_to_target=resume.get("epochs_to_target"))
-    status = "running"  # what summary.json says if the run dies with an error
     log(f"training {args.model}: {dist_info.world_size} process(es) x batch {args.batch_size} = global batch "
-        f"{global_batch}, {steps_per_epoch} steps/epoch, epochs {start_epoch}..{args.epochs - 1}, seed {seed}")
-
-    def save(epoch_done: int, step_in_epoch: int, epoch_end: bool, is_best: bool):
-        state = checkpoint_state(args, model_without_ddp, optimizer, scaler, model_ema, loaders.train_sampler,
-                                 epoch_done=epoch_done, step_in_epoch=step_in_epoch, run=run,
-                                 dist_info=dist_info, global_batch=global_batch)
-        if dist_info.is_main and args.output_dir:
-            ckpt_io.save_checkpoint(state, args.output_dir, epoch_end=epoch_end, epoch=epoch_done,
-                                    is_best=is_best, keep=args.keep_checkpoints)
-        utils.barrier(dist_info)
-
+        f"{run.global_batch}, {run.steps_per_epoch} steps/epoch, epochs {progress.epoch}..{args.epochs - 1}, "
+        f"seed {args.seed}")
+    status = "running"  # what summary.json says if the run dies with an error
     try:
-        for epoch in range(start_epoch, args.epochs):
-            epoch_start = time.perf_counter()
-            loaders.train_sampler.set_epoch(epoch)
-            first_step = start_step if epoch == start_epoch else 0
-            loaders.train_sampler.set_start_batch(first_step)
-            train_stats = train_one_epoch(
-                train_step, train_loader, device, epoch, start_step=first_step, num_steps=steps_per_epoch,
-                print_freq=args.print_freq, global_batch=global_batch, dist_info=dist_info, log=log,
-                stop=stop, checkpoint_interval=args.checkpoint_interval,
-                save_mid_epoch=lambda step: save(epoch - 1, step, epoch_end=False, is_best=False), run=run,
-            )
-            if train_stats["stopped"]:
-                save(epoch - 1, train_stats["steps_done"], epoch_end=False, is_best=False)
-                status = "preempted"
-                log(f"preempted by signal {stop.flag.signum}: checkpoint saved at epoch {epoch} step "
-                    f"{train_stats['steps_done']}; exiting with code {EXIT_PREEMPTED} (resume with --resume auto)")
-                return EXIT_PREEMPTED
-            last = epoch == args.epochs - 1
-            val_stats = ema_stats = None
-            if (epoch + 1) % args.eval_interval == 0 or last:
-                val_stats, ema_stats = evaluate_model_and_ema(model_without_ddp, model_ema, criterion, val_loader,
-                                                              device, autocast=autocast, dist_info=dist_info, log=log)
-            is_best = val_stats is not None and val_stats["acc1"] > run.best_acc1
-            if is_best:
-                run.best_acc1 = val_stats["acc1"]
-            reached = (args.target_acc is not None and val_stats is not None and val_stats["acc1"] >= args.target_acc)
-            if reached and run.time_to_target_s is None:
-                run.time_to_target_s, run.epochs_to_target = run.wall_time(), epoch + 1
-            epoch_time = time.perf_counter() - epoch_start
-            run.epoch_times.append(epoch_time)
-            peak_mem_gb = accelerator.peak_memory_gb(device)
-            accelerator.reset_peak_memory(device)  # each epoch's record covers that epoch only
-            record = epoch_record(epoch, train_stats, val_stats, ema_stats, epoch_time, peak_mem_gb, run,
-                                  remaining_epochs=0 if reached else args.epochs - epoch - 1)
-            save(epoch, 0, epoch_end=True, is_best=is_best)
-            log(sink.log_epoch(record))
-            if dist_info.is_main:
-                sink.write_summary(build_summary(args, sink_records(args), run, dist_info, device, amp_dtype,
-                                                 global_batch, (None, "measured at the end of the run"),
-                                                 status="running"))
-            if reached:
-                status = "target_reached"
-                log(f"target Acc@1 {args.target_acc} reached at epoch {epoch} after {run.time_to_target_s:.1f}s")
-                break
-        else:
-            status = "finished"
+        status = train_epochs(args, run, train_step, criterion, val_loader, progress, manager, sink, stop, log)
     finally:
         power_reading = power.stop()
         if dist_info.is_main:
-            sink.write_summary(build_summary(args, sink_records(args), run, dist_info, device, amp_dtype,
-                                             global_batch, power_reading, status=status))
+            sink.write_summary(build_summary(args, sink.records, progress, run, power_reading, status=status))
         sink.close()
-    check_weights_in_sync(model_without_ddp, dist_info, log)
-    log(f"Training time {utils.format_seconds(run.wall_time())}")
+    if status == "preempted":
+        return EXIT_PREEMPTED
+    check_weights_in_sync(run.model, dist_info, log)
+    log(f"Training time {metrics.format_hms(progress.wall_time())}")
     return 0
+
+
+def train_epochs(args, run: Run, train_step, criterion, val_loader, progress, manager, sink, stop, log) -> str:
+    """Alternate training and evaluation from the run's position to the last epoch; a checkpoint after each
+    epoch. Returns the run's status: finished, target_reached or preempted."""
+    train_loader = run.device_loader(train=True)
+    for epoch in range(progress.epoch, args.epochs):
+        epoch_start = time.perf_counter()
+        run.loaders.train_sampler.set_epoch(epoch)
+        run.loaders.train_sampler.set_start_batch(progress.step)
+
+        def save_mid_epoch(step, epoch=epoch):
+            progress.epoch, progress.step = epoch, step
+            manager.save(epoch_end=False, epoch=epoch - 1, is_best=False)
+
+        train_stats = train_one_epoch(
+            train_step, train_loader, run.device, epoch, start_step=progress.step, num_steps=run.steps_per_epoch,
+            print_freq=args.print_freq, global_batch=run.global_batch, dist_info=run.dist_info, log=log, stop=stop,
+            checkpoint_interval=args.checkpoint_interval, save_mid_epoch=save_mid_epoch, run=progress)
+        if train_stats["stopped"]:
+            save_mid_epoch(train_stats["steps_done"])
+            log(f"preempted by signal {stop.flag.signum}: checkpoint saved at epoch {epoch} step "
+                f"{train_stats['steps_done']}; exiting with code {EXIT_PREEMPTED} (resume with --resume auto)")
+            return "preempted"
+        val_stats = ema_stats = None
+        if (epoch + 1) % args.eval_interval == 0 or epoch == args.epochs - 1:
+            val_stats, ema_stats = evaluate_model_and_ema(run.model, run.model_ema, criterion, val_loader, run.device,
+                                                          autocast=run.autocast, dist_info=run.dist_info, log=log)
+        is_best = val_stats is not None and val_stats["acc1"] > progress.best_acc1
+        if is_best:
+            progress.best_acc1 = val_stats["acc1"]
+        reached = args.target_acc is not None and val_stats is not None and val_stats["acc1"] >= args.target_acc
+        if reached and progress.time_to_target_s is None:
+            progress.time_to_target_s, progress.epochs_to_target = progress.wall_time(), epoch + 1
+        progress.epoch_times.append(time.perf_counter() - epoch_start)
+        peak_mem_gb = accelerator.peak_memory_gb(run.device)
+        accelerator.reset_peak_memory(run.device)  # each epoch's record covers that epoch only
+        record = epoch_record(epoch, train_stats, val_stats, ema_stats, peak_mem_gb, progress,
+                              remaining_epochs=0 if reached else args.epochs - epoch - 1)
+        progress.epoch, progress.step = epoch + 1, 0
+        manager.save(epoch_end=True, epoch=epoch, is_best=is_best)
+        log(sink.log_epoch(record))
+        if run.dist_info.is_main:
+            sink.write_summary(build_summary(args, sink.records, progress, run,
+                                             (None, "measured at the end of the run"), status="running"))
+        if reached:
+            log(f"target Acc@1 {args.target_acc} reached at epoch {epoch} after {progress.time_to_target_s:.1f}s")
+            return "target_reached"
+    return "finished"
 
 
 def evaluate_model_and_ema(model, model_ema, criterion, val_loader, device, *, autocast, dist_info, log):
@@ -500,20 +609,6 @@ def check_weights_in_sync(model: nn.Module, dist_info: utils.DistInfo, log) -> N
         log(f"warning: weights differ between ranks: {sums}")
 
 
-class RunState:
-    """What the run has measured so far, carried across resumes through the checkpoint."""
-
-    def __init__(self, *, best_acc1: float, wall_offset: float, run_start: float, global_step: int,
-                 time_to_target_s=None, epochs_to_target=None):
-        self.best_acc1, self.wall_offset, self.run_start = best_acc1, wall_offset, run_start
-        self.global_step = global_step
-        self.time_to_target_s, self.epochs_to_target = time_to_target_s, epochs_to_target
-        self.epoch_times: list[float] = []
-
-    def wall_time(self) -> float:
-        return self.wall_offset + time.time() - self.run_start
-
-
 def wrap_ddp(model: nn.Module, device: torch.device, device_group) -> nn.Module:
     """DDP over the device group. No static_graph: ResNet50 has no unused parameters, so it would buy nothing,
     and together with torch.compile it is a fragile pairing."""
@@ -530,10 +625,6 @@ def setup_determinism(deterministic: bool, device: torch.device) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
-
-
-def autocast_factory(device: torch.device, amp_dtype):
-    return lambda: accelerator.autocast(device, amp_dtype)
 
 
 def save_args(args, output_dir: str) -> None:
@@ -704,95 +795,11 @@ def evaluate(model, criterion, data_loader, device, *, autocast, dist_info) -> d
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Checkpoint content and resume
-# ------------------------------------------------------------------------------------------------------------
-def checkpoint_state(args, model, optimizer, scaler, model_ema, train_sampler, *, epoch_done: int,
-                     step_in_epoch: int, run: RunState, dist_info, global_batch: int) -> dict:
-    """Everything needed to continue as if nothing happened. `epoch` keeps the reference's meaning (the last
-    completed epoch); `step_in_epoch` > 0 marks a mid-epoch checkpoint of epoch + 1."""
-    rng_states = utils.all_gather_objects(utils.get_rng_state(), dist_info)
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "lr_scheduler": {"epoch": epoch_done + (0 if step_in_epoch else 1), "step": step_in_epoch},
-        "epoch": epoch_done,
-        "step_in_epoch": step_in_epoch,
-        "global_step": run.global_step,
-        "args": {k: v for k, v in vars(args).items()},
-        "rng_states": rng_states,
-        "sampler": train_sampler.state_dict() if train_sampler is not None else {},
-        "world_size": dist_info.world_size,
-        "global_batch": global_batch,
-        "best_acc1": run.best_acc1,
-        "wall_time_s": run.wall_time(),
-        "time_to_target_s": run.time_to_target_s,
-        "epochs_to_target": run.epochs_to_target,
-    }
-    if scaler.is_enabled():
-        state["scaler"] = scaler.state_dict()
-    if model_ema is not None:
-        state["model_ema"] = model_ema.state_dict()
-    return state
-
-
-def restore(args, model, optimizer, scaler, model_ema, train_sampler, dist_info, log) -> dict:
-    """Load --resume PATH or the newest good checkpoint (--resume auto) into the objects; returns where to
-    continue. A fresh start returns epoch --start-epoch, step 0."""
-    fresh = {"resumed": False, "epoch": args.start_epoch, "step": 0, "best_acc1": -1.0, "wall_time_s": 0.0,
-             "global_step": 0}
-    if not args.resume:
-        return fresh
-    if args.resume == "auto":
-        found = ckpt_io.find_resume_checkpoint(args.output_dir, log=log) if os.path.isdir(args.output_dir) else None
-        if found is None:
-            log(f"resume auto: no checkpoint in {args.output_dir}; starting fresh")
-            return fresh
-        path, ckpt = found
-    else:
-        path, ckpt = args.resume, ckpt_io.load_checkpoint(args.resume)
-    model.load_state_dict(ckpt["model"])
-    if args.test_only:
-        log(f"loaded {path} (epoch {ckpt.get('epoch')})")
-        return fresh
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if "scaler" in ckpt and scaler.is_enabled():
-        scaler.load_state_dict(ckpt["scaler"])
-    if model_ema is not None and "model_ema" in ckpt:
-        model_ema.load_state_dict(ckpt["model_ema"])
-    saved_seed = ckpt.get("sampler", {}).get("seed")
-    if train_sampler is not None and saved_seed is not None:
-        # The sample order and per-sample augmentation follow the sampler's seed: keep the interrupted run's
-        # (drawn at random if it was started without --seed), so the resumed epoch sees the images it has not.
-        if int(saved_seed) != args.seed:
-            log(f"resume: continuing with the checkpoint's data seed {int(saved_seed)} (this run's: {args.seed})")
-        train_sampler.seed = args.seed = int(saved_seed)
-    epoch = int(ckpt["epoch"]) + 1
-    step = int(ckpt.get("step_in_epoch", 0))
-    saved_world = int(ckpt.get("world_size", dist_info.world_size))
-    global_batch = args.batch_size * dist_info.world_size
-    saved_batch = int(ckpt.get("global_batch", global_batch))
-    rng = ckpt.get("rng_states")
-    if saved_world != dist_info.world_size or saved_batch != global_batch:
-        log(f"warning: resuming with world size {dist_info.world_size} and global batch {global_batch} "
-            f"(checkpoint: {saved_world}, {saved_batch}); the LR schedule follows --lr {args.lr} per iteration "
-            f"of the new batch, so scale --lr with the global batch (linear rule) if you changed it; the data "
-            f"order and augmentation will differ from an uninterrupted run")
-        if step:
-            # Mid-epoch positions are in units of the old batch; restart the epoch's data at the same images.
-            step = (step * saved_batch) // global_batch
-    elif rng is not None and dist_info.rank < len(rng):
-        utils.set_rng_state(rng[dist_info.rank])
-    log(f"resumed from {path}: epoch {epoch}, step {step} (global step {ckpt.get('global_step', 0)})")
-    return {"resumed": True, "epoch": epoch, "step": step, "best_acc1": float(ckpt.get("best_acc1", -1.0)),
-            "wall_time_s": float(ckpt.get("wall_time_s", 0.0)), "global_step": int(ckpt.get("global_step", 0)),
-            "time_to_target_s": ckpt.get("time_to_target_s"), "epochs_to_target": ckpt.get("epochs_to_target")}
-
-
-# ------------------------------------------------------------------------------------------------------------
 # Metrics records
 # ------------------------------------------------------------------------------------------------------------
-def epoch_record(epoch, train_stats, val_stats, ema_stats, epoch_time, peak_mem_gb, run, remaining_epochs) -> dict:
-    mean_epoch = sum(run.epoch_times) / len(run.epoch_times)
+def epoch_record(epoch, train_stats, val_stats, ema_stats, peak_mem_gb, progress, remaining_epochs) -> dict:
+    """One line of metrics.jsonl (its fields are described in metrics.py)."""
+    mean_epoch = sum(progress.epoch_times) / len(progress.epoch_times)
     return {
         "epoch": epoch,
         "lr": train_stats["lr"],
@@ -803,134 +810,32 @@ def epoch_record(epoch, train_stats, val_stats, ema_stats, epoch_time, peak_mem_
         "ema_acc1": ema_stats["acc1"] if ema_stats else None,
         "imgs_per_sec": train_stats["imgs_per_sec"],
         "data_wait_frac": train_stats["data_wait_frac"],
-        "epoch_time_s": epoch_time,
+        "epoch_time_s": progress.epoch_times[-1],
         "peak_mem_gb": peak_mem_gb,
         "peak_host_rss_gb": metrics.peak_host_rss_gb(),
         "bad_images": train_stats["bad_images"],
         "eta_s": mean_epoch * remaining_epochs,
-        "global_step": run.global_step,
+        "global_step": progress.global_step,
     }
 
 
-def sink_records(args) -> list[dict]:
-    path = os.path.join(args.output_dir, "metrics.jsonl") if args.output_dir else None
-    return metrics.read_jsonl(path) if path and os.path.isfile(path) else []
-
-
-def build_summary(args, records, run: RunState, dist_info, device, amp_dtype, global_batch, power_reading,
-                  status) -> dict:
+def build_summary(args, records, progress, run: Run, power_reading, status) -> dict:
     """summary.json's content; `power_reading` is (mean watts or None, note) from the PowerMonitor."""
     mean_power, power_note = power_reading
+    env = accelerator.environment_info(run.device)
     run_info = {
-        "status": status, "model": args.model, "epochs_planned": args.epochs, "wall_time_s": run.wall_time(),
-        "target_acc": args.target_acc, "time_to_target_s": run.time_to_target_s,
-        "epochs_to_target": run.epochs_to_target, "world_size": dist_info.world_size, "nnodes": dist_info.nnodes,
-        "batch_size_per_process": args.batch_size, "global_batch": global_batch,
-        "precision": precision_name(amp_dtype),
+        "status": status, "model": args.model, "epochs_planned": args.epochs, "wall_time_s": progress.wall_time(),
+        "target_acc": args.target_acc, "time_to_target_s": progress.time_to_target_s,
+        "epochs_to_target": progress.epochs_to_target, "world_size": run.dist_info.world_size,
+        "nnodes": run.dist_info.nnodes, "batch_size_per_process": args.batch_size, "global_batch": run.global_batch,
+        "precision": precision_name(run.amp_dtype),
         "memory_format": "channels_last" if args.channels_last else "contiguous",
         "mean_power_w_per_card": mean_power, "power_note": power_note,
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+        "device": run.device.type, "device_names": env["device_names"],
+        "versions": {k: env[k] for k in ("python", "torch", "torchvision", "cuda", "cudnn")},
     }
-    env = accelerator.environment_info(device)
-    run_info.update(device=device.type, device_names=env["device_names"],
-                    versions={k: env[k] for k in ("python", "torch", "torchvision", "cuda", "cudnn")})
     return metrics.summarize_run(records, run_info)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Benchmark modes: is the loader or the GPU the bottleneck?
-# ------------------------------------------------------------------------------------------------------------
-def run_benchmark(args, device, dist_info, log) -> int:
-    seed = args.seed if args.seed is not None else 0
-    setup_determinism(args.use_deterministic_algorithms, device)
-    utils.seed_everything(seed, dist_info.rank)
-    amp_dtype, use_scaler = resolve_precision(args, device)
-    autocast = autocast_factory(device, amp_dtype)
-    workers = args.workers if args.workers is not None else default_workers(dist_info.local_world_size)
-    num_classes = 1000
-    batches = None
-    roi_decode = None
-    if args.benchmark in ("data", "full"):
-        # Endless: the loader is iterated once, so timed steps never wait on workers restarting at an epoch end.
-        cfg = dataclasses.replace(data_config(args, seed, workers, device), endless=True)
-        loaders = data.build_data_loaders(cfg, rank=dist_info.rank, world_size=dist_info.world_size)
-        if loaders.decode_note:
-            log(loaders.decode_note)
-        roi_decode = loaders.roi_decode
-        num_classes = len(loaders.classes)
-        batches = iter(data.make_device_loader(loaders.train, cfg, device, train=True,
-                                               channels_last=args.channels_last, dtype=amp_dtype or torch.float32))
-    train_step = None
-    if args.benchmark in ("model", "full"):
-        model = build_model(args.model, None, num_classes, channels_last=args.channels_last, device=device)
-        optimizer = build_optimizer(model, opt=args.opt, lr=args.lr, momentum=args.momentum,
-                                    weight_decay=args.weight_decay, norm_weight_decay=None, bias_weight_decay=None,
-                                    transformer_embedding_decay=None, device=device)
-        if dist_info.distributed:
-            model = wrap_ddp(model, device, dist_info.device_group)
-        if args.compile:
-            model = torch.compile(model, mode=args.compile_mode)
-        # The very step training runs, so the figure is the trainer's, not a stripped-down loop's.
-        train_step = TrainStep(model, nn.CrossEntropyLoss(), optimizer, schedule=build_lr_schedule(args, 1),
-                               scaler=accelerator.grad_scaler(device, enabled=use_scaler), autocast=autocast,
-                               device=device)
-        model.train()
-
-    if batches is None:
-        batches = synthetic_batches(args.batch_size, args.train_crop_size, num_classes, device, args.channels_last)
-    total = args.benchmark_warmup + args.benchmark_steps
-    images_timed = 0
-    host_wait = 0.0  # time this thread spent obtaining batches: what the input pipeline costs the step loop
-    start = None
-    for i in range(total):
-        if i == args.benchmark_warmup:
-            accelerator.synchronize(device)
-            utils.barrier(dist_info)
-            start = time.perf_counter()
-        t_fetch = time.perf_counter()
-        images, target, _ = next(batches)
-        if i >= args.benchmark_warmup:
-            host_wait += time.perf_counter() - t_fetch
-        if train_step is not None:
-            train_step(images, target, 0, 0)
-        if i >= args.benchmark_warmup:
-            images_timed += images.shape[0]
-    accelerator.synchronize(device)
-    elapsed = time.perf_counter() - start
-    total_images = utils.dist_sum([images_timed], dist_info)[0]
-    slowest, slowest_wait = utils.dist_max([elapsed, host_wait], dist_info)
-    result = {
-        "benchmark": args.benchmark, "imgs_per_sec": total_images / slowest, "steps": args.benchmark_steps,
-        "warmup_steps": args.benchmark_warmup, "batch_size": args.batch_size, "world_size": dist_info.world_size,
-        "device": accelerator.device_name(device) if device.type != "cpu" else "cpu",
-        "model": args.model, "precision": precision_name(amp_dtype),
-        "tf32": args.tf32 == "on" if accelerator.is_nvidia(device) else None,
-        "memory_format": "channels_last" if args.channels_last else "contiguous", "compile": args.compile,
-        "backend": args.backend if args.benchmark != "model" else None,
-        "decode_device": args.decode_device if args.benchmark != "model" else None,
-        "roi_decode": roi_decode,
-        "crop_size": args.train_crop_size, "workers": workers if args.benchmark != "model" else None,
-        "seconds": slowest,
-        "host_ms_per_batch": 1000.0 * slowest_wait / args.benchmark_steps,
-    }
-    if dist_info.is_main:
-        if args.output_dir:
-            os.makedirs(args.output_dir, exist_ok=True)
-            with open(os.path.join(args.output_dir, f"benchmark_{args.benchmark}.json"), "w") as f:
-                json.dump(result, f, indent=2)
-        print(json.dumps(result), flush=True)
-    return 0
-
-
-def synthetic_batches(batch_size, crop, num_classes, device, channels_last):
-    """One batch already on the device, served again and again: no input cost at all."""
-    images = torch.randn(batch_size, 3, crop, crop, device=device)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    target = torch.randint(0, num_classes, (batch_size,), device=device)
-    n_bad = torch.zeros(batch_size, dtype=torch.int64)
-    while True:
-        yield images, target, n_bad
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -957,4 +862,7 @@ def last_line(e: Exception) -> str:
 
 
 if __name__ == "__main__":
+    # bench.py imports this module as `train`: let that name be this very module, not a second copy of it (whose
+    # ConfigError would be another class than the one cli() catches).
+    sys.modules.setdefault("train", sys.modules[__name__])
     sys.exit(cli())

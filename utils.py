@@ -389,14 +389,13 @@ class LRSchedule:
     Minibatch SGD"), then the main schedule with its per-epoch meaning, counted from the end of warmup as in
     torchvision's reference (SequentialLR with milestone = warmup epochs)."""
 
+    NAMES = ("steplr", "cosineannealinglr", "exponentiallr")
+    WARMUPS = ("linear", "constant")
+
     def __init__(self, *, name: str, epochs: int, iters_per_epoch: int, warmup_epochs: int = 0,
                  warmup_method: str = "constant", warmup_decay: float = 0.01, step_size: int = 30,
                  gamma: float = 0.1, lr_min: float = 0.0, base_lr: float = 0.1):
-        valid = ("steplr", "cosineannealinglr", "exponentiallr")
-        if name not in valid:
-            raise ValueError(f"--lr-scheduler {name!r} is not supported; choose one of {', '.join(valid)}")
-        if warmup_method not in ("linear", "constant"):
-            raise ValueError(f"--lr-warmup-method {warmup_method!r} is not supported; choose linear or constant")
+        # The names are checked once, by the command line's choices (train.get_args_parser).
         self.name, self.epochs, self.iters = name, epochs, max(1, iters_per_epoch)
         self.warmup_epochs, self.warmup_method, self.warmup_decay = warmup_epochs, warmup_method, warmup_decay
         self.step_size, self.gamma, self.lr_min, self.base_lr = step_size, gamma, lr_min, base_lr

@@ -58,7 +58,7 @@ def test_a_random_seed_is_shared_by_all_ranks(tmp_path):
     script = tmp_path / "seed.py"
     script.write_text(
         "import sys\nimport utils\n"
-        "info = utils.init_distributed('gloo', 'env://', 2, 'cpu')\n"
+        "import torch\ninfo = utils.init_distributed(torch.device('cpu'), 'gloo', 'env://', 2)\n"
         "open(f'{sys.argv[1]}/seed{info.rank}', 'w').write(str(utils.shared_random_seed(info)))\n"
         "utils.cleanup_distributed(info)\n"
     )

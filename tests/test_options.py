@@ -1,0 +1,76 @@
+"""Every option is checked where it is declared: a bad value ends with one line naming the option, exit code 2,
+before any process group, worker or model starts. NaN and infinity are never valid numbers."""
+
+import subprocess
+
+import pytest
+
+import train
+from conftest import TEST_ENV, train_cmd
+
+
+def numeric_options():
+    """(flag, a valid value) for every option that takes a number."""
+    parser = train.get_args_parser()
+    found = []
+    for action in parser._actions:
+        if getattr(action.type, "__name__", None) in ("int", "float") and action.option_strings:
+            flag = max(action.option_strings, key=len)
+            found.append((flag, action.default if action.default is not None else 1))
+    return found
+
+
+def test_every_numeric_option_is_typed():
+    flags = {flag for flag, _ in numeric_options()}
+    assert len(flags) >= 35
+    assert {"--lr", "--mixup-alpha", "--train-crop-size", "--label-smoothing", "--clip-grad-norm",
+            "--dist-timeout", "--workers", "--seed", "--target-acc", "--model-ema-decay"} <= flags
+
+
+@pytest.mark.parametrize("flag,valid", numeric_options())
+@pytest.mark.parametrize("bad", ["-1", "nan", "inf", "abc"])
+def test_bad_numbers_end_with_one_line_naming_the_option(flag, valid, bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train.get_args_parser().parse_args([flag, bad])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and flag in err, err
+    args = train.get_args_parser().parse_args([flag, str(valid)])  # and the default itself is accepted
+    assert getattr(args, train.get_args_parser()._option_string_actions[flag].dest) == valid
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--lr", "0"], "--lr: must be > 0, got 0"),
+    (["--label-smoothing", "1"], "--label-smoothing: must be in [0, 1), got 1"),
+    (["--augmix-severity", "11"], "--augmix-severity: must be in [1, 10], got 11"),
+    (["--epochs", "2.5"], "--epochs: expected a whole number >= 1, got '2.5'"),
+    (["--opt", "lamb"], "--opt: invalid choice: 'lamb'"),
+    (["--lr-scheduler", "poly"], "cosineannealinglr"),  # the choices are listed
+    (["--backend", "dali"], "--backend: invalid choice"),
+    (["--compile-mode", "fast"], "--compile-mode: invalid choice"),
+    (["--interpolation", "cubic"], "--interpolation: invalid choice"),
+])
+def test_rules_and_choices_are_named(argv, needle, capsys):
+    with pytest.raises(SystemExit):
+        train.get_args_parser().parse_args(argv)
+    assert needle in capsys.readouterr().err
+
+
+def test_choices_accept_any_case():
+    args = train.get_args_parser().parse_args(["--opt", "SGD_Nesterov", "--backend", "FAST", "--interpolation",
+                                               "Bicubic"])
+    assert (args.opt, args.backend, args.interpolation) == ("sgd_nesterov", "fast", "bicubic")
+
+
+def test_fast_backend_interpolations_are_checked_with_the_options():
+    args = train.get_args_parser().parse_args(["--data-path", "x", "--device", "cpu", "--backend", "fast",
+                                               "--interpolation", "nearest"])
+    with pytest.raises(train.ConfigError, match="--interpolation nearest is not supported by --backend fast"):
+        train.validate_args(args)
+
+
+def test_a_user_sees_one_line_and_exit_code_2():
+    proc = subprocess.run(train_cmd(["--data-path", "x", "--lr", "nan"]), capture_output=True, text=True,
+                          env={**__import__("os").environ, **TEST_ENV}, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == ["train.py: error: argument --lr: must be > 0, got nan (see --help)"]
