@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 import accelerator
+import metrics
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -278,19 +279,6 @@ def accuracy_counts(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> li
     return [correct[:, : min(k, maxk)].any(dim=1).sum() for k in topk]
 
 
-def accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> list[float]:
-    """Top-k accuracy in percent, as in the reference's `utils.accuracy`."""
-    n = max(1, target.shape[0])
-    return [c.item() * 100.0 / n for c in accuracy_counts(output, target, topk)]
-
-
-def format_seconds(seconds: float) -> str:
-    """H:MM:SS, or 'n/a' when unknown: metrics.format_hms, the project's one duration format."""
-    import metrics  # here, not at the top: metrics is the lighter module and must not depend on this one
-
-    return metrics.format_hms(seconds)
-
-
 class StepLogger:
     """Per-iteration console log in the reference's shape (eta, lr, img/s, loss, acc1, acc5, time, data,
     max mem). Running sums stay on the device; they are read only every `print_freq` steps, so the hot loop
@@ -337,7 +325,7 @@ class StepLogger:
         if peak_gb is not None:
             mem = f"  max mem: {peak_gb * 1024:.0f}MB"
         print(
-            f"{self.header} [{done}/{self.total}]  eta: {format_seconds(eta)}  lr: {lr:.6f}  "
+            f"{self.header} [{done}/{self.total}]  eta: {metrics.format_hms(eta)}  lr: {lr:.6f}  "
             f"img/s: {global_batch / step_time:.1f}  loss: {avg['loss']:.4f}  acc1: {avg['acc1']:.2f}  "
             f"acc5: {avg['acc5']:.2f}  time: {step_time:.4f}  data: {self.data_time / max(1, done):.4f}{mem}",
             file=self.stream,
