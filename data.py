@@ -148,7 +148,8 @@ def build_transforms(cfg: DataConfig, train: bool, roi_library: str | None = Non
 
 
 def _cache_file(split_dir: str, enabled: bool) -> str | None:
-    """--cache-dataset: the file list (JSON of path/label) kept under ~/.cache, keyed by the split's path."""
+    """--cache-dataset: the split's file list, as JSON (format and freshness rules: datasets.build_file_list),
+    kept under ~/.cache, keyed by the split's absolute path."""
     if not enabled:
         return None
     key = hashlib.sha1(os.path.abspath(split_dir).encode()).hexdigest()[:16]
@@ -166,14 +167,15 @@ def resolve_roi_decode(cfg: DataConfig) -> tuple[str | None, str | None]:
 
 
 def build_datasets(cfg: DataConfig, need_train: bool, roi_library: str | None = None):
-    """Check the layout once (one-line DataError on anything wrong), then list the files of each split."""
-    dirs = datasets.check_layout(cfg.data_path)
-    classes = datasets.find_classes(dirs["val"])
+    """Check the layout and list both splits in one pass over the folders (one-line DataError on anything
+    wrong); with --cache-dataset a fresh cached list is used without listing any folder."""
+    splits = ("train", "val")
+    cache_files = {s: _cache_file(os.path.join(cfg.data_path, s), cfg.cache_dataset) for s in splits}
+    classes, lists = datasets.list_splits(cfg.data_path, splits, cache_files=cache_files)
     out = {}
-    for split in (("train", "val") if need_train else ("val",)):
-        samples = datasets.build_file_list(dirs[split], classes, cache_file=_cache_file(dirs[split], cfg.cache_dataset))
+    for split in (splits if need_train else ("val",)):
         out[split] = datasets.ImageFolderDataset(
-            samples, classes, build_transforms(cfg, train=split == "train", roi_library=roi_library),
+            lists[split], classes, build_transforms(cfg, train=split == "train", roi_library=roi_library),
             bad_images=cfg.bad_images,
         )
     return out, classes

@@ -1,5 +1,6 @@
-"""What is on disk: layout checks, the file list, robust image decoding, the Dataset and
-the dataset verification command.
+"""What is on disk: layout checks and the file list (one pass over the folders, a compact
+list that DataLoader workers do not copy, an optional cache), robust image decoding, the
+Dataset and the dataset verification command.
 
 Expected layout (ImageNet style)::
 
@@ -11,6 +12,7 @@ names the path at fault and says what is expected, so a failed run points straig
 file or folder to look at instead of ending in a deep traceback from a worker process.
 """
 
+import collections.abc
 import io
 import json
 import operator
@@ -40,7 +42,9 @@ MAX_BAD_IN_A_ROW = 50
 _NAMES_IN_MESSAGE = 5
 
 _CACHE_FORMAT = "imagenet-file-list"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # bump whenever the cache's layout or the scan's meaning changes
+
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 class DataError(ValueError):
@@ -73,6 +77,87 @@ def bad_image(path: str, reason: str) -> BadImageError:
 # ---------------------------------------------------------------------------------------
 
 
+class FileList(collections.abc.Sequence):
+    """The (path, label) pairs of a split, stored so that DataLoader workers do not copy them.
+
+    A Python list of ImageNet's 1.28 M (path, label) tuples is millions of objects whose
+    reference counts every forked worker writes as it reads them, so each worker ends up with
+    a private copy of the pages holding them (copy-on-write): about 250 MB per worker per
+    epoch, ~30 GB on a node of 8 processes x 16 workers. Here the whole list is three
+    objects that are only ever read: the paths relative to ``root`` in one bytes buffer, each
+    ended by a NUL byte (which no file name can contain), the int64 offsets where they start,
+    and ``targets``, an int64 numpy array of the labels. An item is built when it is asked
+    for: ``(os.path.join(root, relative path), label)``. benchmarks/scale.py measures both.
+    """
+
+    def __init__(self, root: str, names: bytes, targets):
+        """``names``: the NUL-terminated relative paths, ``targets``: one label per path."""
+        ends = np.flatnonzero(np.frombuffer(names, dtype=np.uint8) == 0) + 1
+        targets = np.asarray(targets, dtype=np.int64)
+        if len(ends) != len(targets) or (len(names) and names[-1:] != b"\0"):
+            raise ValueError(f"file list: {len(ends)} NUL-terminated names for {len(targets)} labels")
+        self.root = root = os.fspath(root)
+        # os.path.join(root, name) for a relative name, without its per-call cost.
+        self._prefix = os.path.join(root, "") if root else ""
+        self._names = bytes(names)
+        self._offsets = np.concatenate(([0], ends)).astype(np.int64)
+        self.targets = targets
+        # Read-only views: a stray write would silently relabel data, and would copy pages in a worker.
+        self._offsets.flags.writeable = False
+        self.targets.flags.writeable = False
+
+    @classmethod
+    def from_names(cls, root: str, names, targets) -> "FileList":
+        """From relative path strings (joined to ``root`` when read) and their labels."""
+        names = list(names)
+        if any("\0" in name for name in names):
+            raise ValueError("file list: a path contains a NUL character")
+        return cls(root, _encode_names(names), targets)
+
+    @classmethod
+    def from_pairs(cls, pairs) -> "FileList":
+        """From (path, label) pairs, stored as given (no common root)."""
+        pairs = list(pairs)
+        return cls.from_names("", (str(path) for path, _ in pairs), [operator.index(label) for _, label in pairs])
+
+    def __len__(self):
+        return len(self.targets)
+
+    def _name(self, i):
+        start, end = self._offsets.item(i), self._offsets.item(i + 1) - 1
+        return self._names[start:end].decode(_FS_ENCODING, _FS_ERRORS)  # os.fsdecode, minus its overhead
+
+    def __getitem__(self, index):
+        i = operator.index(index)
+        n = len(self.targets)
+        if not -n <= i < n:
+            raise IndexError(f"file list index {index} out of range for {n} files")
+        i %= n
+        return self._prefix + self._name(i), self.targets.item(i)
+
+    def __eq__(self, other):
+        if isinstance(other, FileList) and other.root == self.root:
+            return self._names == other._names and np.array_equal(self.targets, other.targets)
+        if isinstance(other, collections.abc.Sequence) and not isinstance(other, (str, bytes)):
+            return len(self) == len(other) and all(mine == tuple(theirs) for mine, theirs in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # equality compares contents, as for a list
+
+    def __repr__(self):
+        return f"FileList(root={self.root!r}, {len(self)} files, {self.nbytes:,} bytes)"
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the list's buffers."""
+        return len(self._names) + self._offsets.nbytes + self.targets.nbytes
+
+
+def _encode_names(names):
+    """Relative path strings -> one bytes buffer, each name NUL-terminated (file-system encoding)."""
+    return os.fsencode("\0".join(names) + "\0") if names else b""
+
+
 def _is_hidden(name):
     # .DS_Store, ._foo (macOS resource forks), .ipynb_checkpoints: never data, never classes.
     return name.startswith(".")
@@ -100,19 +185,28 @@ def _scandir(path):
         raise DataError(f"cannot read folder {path}: {err.strerror or err}") from None
 
 
+def _folder_mtime(path):
+    """A folder's mtime in ns, read BEFORE the folder is listed: a file added meanwhile then
+    makes the recorded time stale (a rescan next time), never a cache that misses the file."""
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError as err:
+        raise DataError(f"cannot read folder {path}: {err.strerror or err}") from None
+
+
 def _scan_class_dir(class_dir):
     """Walk one class folder (nested folders too, as torchvision's ImageFolder does).
 
-    Returns (images, unknown, dirs): image names and unknown-extension names relative to
-    ``class_dir`` (sorted), and every folder visited (the file-list cache uses their mtimes
-    to notice added or removed files). One os.scandir per folder keeps this fast on
-    ImageNet's 1.3 M files, where per-file stat calls would dominate.
+    Returns (images, unknown, dir_mtimes): image names and unknown-extension names relative
+    to ``class_dir`` (sorted), and {folder: mtime_ns} for every folder visited (the file-list
+    cache compares them to notice added or removed files). One os.scandir per folder keeps
+    this fast on ImageNet's 1.3 M files, where per-file stat calls would dominate.
     """
-    images, unknown, dirs = [], [], []
+    images, unknown, dir_mtimes = [], [], {}
     pending = [("", class_dir)]
     while pending:
         rel_dir, abs_dir = pending.pop()
-        dirs.append(abs_dir)
+        dir_mtimes[abs_dir] = _folder_mtime(abs_dir)
         for entry in _scandir(abs_dir):
             if _is_hidden(entry.name):
                 continue
@@ -125,7 +219,7 @@ def _scan_class_dir(class_dir):
                 unknown.append(rel)
     images.sort()
     unknown.sort()
-    return images, unknown, dirs
+    return images, unknown, dir_mtimes
 
 
 def find_classes(split_dir: str) -> list[str]:
@@ -163,16 +257,33 @@ def _check_has_classes(split_dir, classes):
     raise DataError(f"{split_dir} has no class folders; expected {split_dir}/<class>/<image>.JPEG")
 
 
-def _check_class_contents(split_dir, classes):
-    """One scan of every class folder: no empty class, no unknown-extension file."""
-    empty, unknown, n_images = [], [], 0
+def _list_split(split_dir, classes, split_mtime):
+    """The one pass over a split's class folders: the file list and everything wrong in them.
+
+    Returns (FileList, empty class names, unknown-extension paths, {folder relative to
+    ``split_dir``: mtime_ns}); ``split_mtime`` is the split folder's own, read before its
+    class folders were listed. Files are ordered by label, then path.
+    """
+    names, counts, empty, unknown = [], [], [], []
+    dir_mtimes = {".": split_mtime}
     for name in classes:
-        images, odd, _ = _scan_class_dir(os.path.join(split_dir, name))
-        n_images += len(images)
+        class_dir = os.path.join(split_dir, name)
+        if not os.path.isdir(class_dir):
+            raise DataError(f"class folder {class_dir} does not exist; the class list does not match {split_dir}")
+        images, odd, mtimes = _scan_class_dir(class_dir)
+        names.extend(f"{name}/{rel}" for rel in images)
+        counts.append(len(images))
         if not images:
             empty.append(name)
-        unknown.extend(os.path.join(split_dir, name, rel) for rel in odd)
+        unknown.extend(os.path.join(class_dir, rel) for rel in odd)
+        for folder, mtime in mtimes.items():
+            dir_mtimes[os.path.relpath(folder, split_dir)] = mtime
+    files = FileList.from_names(split_dir, names, np.repeat(np.arange(len(classes), dtype=np.int64), counts))
+    return files, empty, unknown, dir_mtimes
 
+
+def _check_class_contents(split_dir, classes, n_images, empty, unknown):
+    """What the scan found must be usable: no empty class, no unknown-extension file."""
     if n_images == 0:
         raise DataError(
             f"{split_dir} has {len(classes)} class folder(s) but no images; expected "
@@ -214,59 +325,68 @@ def _check_same_classes(split_dirs, classes_by_split):
         )
 
 
-def check_layout(data_path: str, splits=("train", "val")) -> dict[str, str]:
-    """Check that ``data_path`` has the ImageNet folder layout; return {split: split_dir}.
+def list_splits(data_path: str, splits=("train", "val"), cache_files=None) -> tuple[list[str], dict[str, FileList]]:
+    """Check that ``data_path`` has the ImageNet folder layout and list every split, in ONE
+    pass over its folders; return (classes, {split: FileList}).
 
-    Raises DataError with a one-line message naming the path at fault. One scandir pass per
-    folder, so it stays quick even on the full ImageNet train split.
+    ``classes`` are the sorted class folder names, the same in every split (checked); labels
+    index them. Raises DataError with a one-line message naming the path at fault: missing
+    or misnamed folders, class sets that differ between splits, an empty class folder, a
+    file with an unknown extension. Each folder is listed once (os.scandir), and the same
+    listing both checks the folder and fills the file list.
+
+    ``cache_files`` maps a split to a JSON file (see build_file_list for what makes one
+    fresh). A fresh cache that was written here, after these checks passed, is trusted:
+    that split is not listed at all, only its folders' mtimes are read (one stat each).
+    Otherwise the split is scanned and the cache (re)written.
     """
     splits = tuple(splits)
+    cache_files = cache_files or {}
     split_dirs = _check_data_path(data_path, splits)
-    classes_by_split = {split: find_classes(split_dirs[split]) for split in splits}
+    cached, classes_by_split, split_mtimes = {}, {}, {}
+    for split in splits:
+        loaded = _read_fresh_cache(cache_files.get(split), split_dirs[split], need_layout_checked=True)
+        if loaded is not None:
+            cached[split], classes_by_split[split] = loaded
+        else:
+            split_mtimes[split] = _folder_mtime(split_dirs[split])
+            classes_by_split[split] = find_classes(split_dirs[split])
     for split in splits:
         _check_has_classes(split_dirs[split], classes_by_split[split])
     # Compare class sets before looking inside the folders: a missing class explains
     # empty or misplaced folders better than the individual symptoms would.
     _check_same_classes(split_dirs, classes_by_split)
+    lists = {}
     for split in splits:
-        _check_class_contents(split_dirs[split], classes_by_split[split])
-    return split_dirs
+        if split in cached:
+            lists[split] = cached[split]
+            continue
+        classes = classes_by_split[split]
+        files, empty, unknown, dir_mtimes = _list_split(split_dirs[split], classes, split_mtimes[split])
+        _check_class_contents(split_dirs[split], classes, len(files), empty, unknown)
+        _write_cache(cache_files.get(split), files, classes, dir_mtimes, layout_checked=True)
+        lists[split] = files
+    return classes_by_split[splits[0]], lists
 
 
-def _scan_file_list(split_dir, classes):
-    """Scan ``split_dir``: (samples with class-relative paths, {folder: mtime_ns})."""
-    samples, dir_mtimes = [], {}
-    for label, name in enumerate(classes):
-        class_dir = os.path.join(split_dir, name)
-        if not os.path.isdir(class_dir):
-            raise DataError(f"class folder {class_dir} does not exist; the class list does not match {split_dir}")
-        images, _, dirs = _scan_class_dir(class_dir)
-        samples.extend((f"{name}/{rel}", label) for rel in images)
-        for folder in dirs:
-            dir_mtimes[os.path.relpath(folder, split_dir)] = os.stat(folder).st_mtime_ns
-    return samples, dir_mtimes
+def check_layout(data_path: str, splits=("train", "val")) -> dict[str, str]:
+    """Check that ``data_path`` has the ImageNet folder layout; return {split: split_dir}.
+
+    Raises DataError with a one-line message naming the path at fault. The check is
+    list_splits's single pass; use list_splits to keep the file lists it builds.
+    """
+    list_splits(data_path, splits)
+    return {split: os.path.join(data_path, split) for split in splits}
 
 
-def _cache_is_fresh(cache, split_dir, classes):
-    """The cache describes this split, these classes, and no folder changed since."""
-    if not isinstance(cache, dict):
-        return False
-    if cache.get("format") != _CACHE_FORMAT or cache.get("version") != _CACHE_VERSION:
-        return False
-    if cache.get("split_dir") != os.path.abspath(split_dir) or cache.get("classes") != list(classes):
-        return False
-    dirs = cache.get("dirs")
-    if not isinstance(dirs, dict) or not isinstance(cache.get("samples"), list):
-        return False
-    # Adding, removing or renaming a file changes its folder's mtime: a cheap staleness
-    # check (one stat per folder) instead of rescanning every file.
-    for rel, mtime in dirs.items():
-        try:
-            if os.stat(os.path.join(split_dir, rel)).st_mtime_ns != mtime:
-                return False
-        except OSError:
-            return False
-    return True
+# The --cache-dataset file: JSON, never pickle, so a cache file cannot execute code.
+#   {"format": "imagenet-file-list", "version": 2, "split_dir": <absolute path>,
+#    "layout_checked": true when list_splits wrote it (its layout checks passed),
+#    "classes": [...], "counts": [files per class, in label order],
+#    "dirs": {folder relative to split_dir ("." for itself): mtime_ns},
+#    "names": the relative paths joined by NUL characters, in label then path order}
+# One string instead of 1.28 M small JSON values loads in a fraction of the time.
+# Version 1 (a list of [path, label] pairs) is not read: such a file is rebuilt.
 
 
 def _read_cache(cache_file):
@@ -278,46 +398,99 @@ def _read_cache(cache_file):
         return None
 
 
+def _cache_is_fresh(cache, split_dir):
+    """The cache was written by this version, for this split folder, and no folder changed since."""
+    if not isinstance(cache, dict):
+        return False
+    if cache.get("format") != _CACHE_FORMAT or cache.get("version") != _CACHE_VERSION:
+        return False
+    if cache.get("split_dir") != os.path.abspath(split_dir):
+        return False
+    dirs = cache.get("dirs")
+    if not isinstance(dirs, dict) or "." not in dirs:
+        return False
+    # Adding, removing or renaming a file changes its folder's mtime: a cheap staleness
+    # check (one stat per folder) instead of listing every file.
+    for rel, mtime in dirs.items():
+        try:
+            if os.stat(os.path.join(split_dir, rel)).st_mtime_ns != mtime:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def _read_fresh_cache(cache_file, split_dir, need_layout_checked):
+    """(FileList, classes) from a fresh, well-formed cache file, else None."""
+    if cache_file is None:
+        return None
+    cache = _read_cache(cache_file)
+    if not _cache_is_fresh(cache, split_dir):
+        return None
+    if need_layout_checked and cache.get("layout_checked") is not True:
+        return None
+    classes, counts, names = cache.get("classes"), cache.get("counts"), cache.get("names")
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+            and isinstance(counts, list) and len(counts) == len(classes)
+            and all(type(c) is int and c >= 0 for c in counts) and isinstance(names, str)):
+        return None
+    try:
+        buffer = os.fsencode(names + "\0") if sum(counts) else b""
+        files = FileList(split_dir, buffer, np.repeat(np.arange(len(classes), dtype=np.int64), counts))
+    except ValueError:  # names and counts disagree: a damaged file, rebuilt by the caller
+        return None
+    return files, classes
+
+
 def _write_json_atomic(path, obj):
     """A crash or a concurrent writer (several ranks building the same cache) never leaves a torn file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fileio.atomic_write(path, lambda f: json.dump(obj, f, separators=(",", ":")), binary=False)
 
 
-def build_file_list(split_dir: str, classes: list[str], cache_file: str | None = None) -> list[tuple[str, int]]:
-    """All (path, label) pairs of ``split_dir``, ordered by label then path.
+def _write_cache(cache_file, files, classes, dir_mtimes, layout_checked):
+    if cache_file is None:
+        return
+    cache = {
+        "format": _CACHE_FORMAT,
+        "version": _CACHE_VERSION,
+        "split_dir": os.path.abspath(files.root),
+        "layout_checked": layout_checked,
+        "classes": list(classes),
+        "counts": np.bincount(files.targets, minlength=len(classes)).tolist(),
+        "dirs": dir_mtimes,
+        "names": os.fsdecode(files._names[:-1]),
+    }
+    try:
+        _write_json_atomic(cache_file, cache)
+    except OSError as err:
+        # The cache only saves time; a read-only location must not stop training.
+        print(f"warning: cannot write file list cache {cache_file}: {err.strerror or err}", file=sys.stderr)
 
-    Labels are indices into ``classes``. With ``cache_file`` the list is read from that JSON
-    file when it matches (same split folder, same classes, no folder changed since), and
-    otherwise scanned and written there: listing 1.3 M files on a network filesystem can
-    take minutes, reading the cache takes seconds. JSON, never pickle, so a cache file can
-    not execute code.
+
+def build_file_list(split_dir: str, classes: list[str], cache_file: str | None = None) -> FileList:
+    """All (path, label) pairs of ``split_dir`` for these ``classes``, ordered by label then
+    path, as a FileList. No layout checks (list_splits makes them, in the same pass).
+
+    With ``cache_file`` the list is read from that JSON file when it is fresh and lists the
+    same classes, and otherwise scanned and written there: listing 1.3 M files on a network
+    filesystem can take minutes, reading the cache takes under a second.
+
+    A cache is fresh when it was written by this version of the code (``version`` field)
+    for this split folder (absolute path), and the mtime of the split folder and of every
+    class folder (nested ones too) is still the recorded one. Adding, removing or renaming a
+    file or a class folder changes its folder's mtime, so the cache is rebuilt; editing a
+    file in place does not (the list would not change). On a filesystem whose timestamps
+    are coarser than the time between a scan and a change (seconds on some network mounts),
+    delete the cache file after changing the data.
     """
     classes = list(classes)
-    if cache_file is not None:
-        cache = _read_cache(cache_file)
-        if _cache_is_fresh(cache, split_dir, classes):
-            try:
-                return [(os.path.join(split_dir, rel), int(label)) for rel, label in cache["samples"]]
-            except (TypeError, ValueError):
-                pass  # malformed entries: rescan and overwrite below
-
-    samples, dir_mtimes = _scan_file_list(split_dir, classes)
-    if cache_file is not None:
-        cache = {
-            "format": _CACHE_FORMAT,
-            "version": _CACHE_VERSION,
-            "split_dir": os.path.abspath(split_dir),
-            "classes": classes,
-            "dirs": dir_mtimes,
-            "samples": samples,
-        }
-        try:
-            _write_json_atomic(cache_file, cache)
-        except OSError as err:
-            # The cache only saves time; a read-only location must not stop training.
-            print(f"warning: cannot write file list cache {cache_file}: {err.strerror or err}", file=sys.stderr)
-    return [(os.path.join(split_dir, rel), label) for rel, label in samples]
+    loaded = _read_fresh_cache(cache_file, split_dir, need_layout_checked=False)
+    if loaded is not None and loaded[1] == classes:
+        return loaded[0]
+    files, _, _, dir_mtimes = _list_split(split_dir, classes, _folder_mtime(split_dir))
+    _write_cache(cache_file, files, classes, dir_mtimes, layout_checked=False)
+    return files
 
 
 # ---------------------------------------------------------------------------------------
@@ -506,17 +679,21 @@ def run_seeded(fn, seed: int):
 class ImageFolderDataset(torch.utils.data.Dataset):
     """(path, label) samples -> (transform output, label, number of bad files replaced).
 
+    ``samples`` is a FileList (what list_splits and build_file_list return) or any sequence
+    of (path, label) pairs, which is stored as a FileList: DataLoader workers then read it
+    without copying it (see FileList). ``targets`` is the labels' int64 numpy array.
+
     ``transform(data, path)`` receives the raw file bytes and decodes them itself (so it
     can choose e.g. a reduced-size JPEG decode), raising BadImageError for bad files.
     ``bad_images`` is "error" (raise) or "skip" (log once, use the next good sample).
     """
 
-    def __init__(self, samples: list[tuple[str, int]], classes: list[str], transform, bad_images: str = "error"):
+    def __init__(self, samples, classes: list[str], transform, bad_images: str = "error"):
         if bad_images not in ("error", "skip"):
             raise DataError(f"--bad-images must be 'error' or 'skip', got {bad_images!r}")
-        self.samples = list(samples)
+        self.samples = samples if isinstance(samples, FileList) else FileList.from_pairs(samples)
         self.classes = list(classes)
-        self.targets = [label for _, label in self.samples]
+        self.targets = self.samples.targets
         self.transform = transform
         self.bad_images = bad_images
         # Per process (each DataLoader worker has its own copy): a bad file is reported
@@ -659,12 +836,11 @@ def verify_dataset(data_path: str, workers: int | None = None, progress: bool = 
     Returns {"data_path": ..., "splits": {split: {"images": n, "classes": k, "bad": [(path, reason), ...]}}}.
     Raises DataError for layout problems. ``workers=0`` decodes in this process.
     """
-    split_dirs = check_layout(data_path)
+    classes, lists = list_splits(data_path)
     workers = default_workers() if workers is None else int(workers)
     report = {"data_path": data_path, "splits": {}}
-    for split, split_dir in split_dirs.items():
-        classes = find_classes(split_dir)
-        paths = [path for path, _ in build_file_list(split_dir, classes)]
+    for split, files in lists.items():
+        paths = [path for path, _ in files]
         bar = _Progress(split, len(paths), sys.stderr, enabled=progress)
         bad = _decode_all(paths, workers, bar)
         bar.close()

@@ -4,6 +4,7 @@ broken) image files, the Dataset's bad-image and seeding behaviour, and --verify
 import io
 import json
 import os
+import pickle
 import random
 import struct
 import warnings
@@ -13,10 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
+import data
 import datasets
 from datasets import (
     BadImageError,
     DataError,
+    FileList,
     ImageFolderDataset,
     bad_image,
     build_file_list,
@@ -24,6 +27,7 @@ from datasets import (
     decode_pil,
     find_classes,
     format_verify_report,
+    list_splits,
     run_verify,
     verify_dataset,
 )
@@ -363,7 +367,8 @@ def test_file_list_cache_round_trip(tmp_path, monkeypatch):
     scanned = build_file_list(split, ["cat", "dog"], cache_file=cache)
     with open(cache, encoding="utf-8") as f:
         stored = json.load(f)  # plain JSON
-    assert stored["classes"] == ["cat", "dog"] and len(stored["samples"]) == 6
+    assert stored["version"] == 2 and stored["classes"] == ["cat", "dog"] and stored["counts"] == [3, 3]
+    assert stored["names"].split("\0") == [os.path.relpath(p, split) for p, _ in scanned]
     assert os.listdir(os.path.dirname(cache)) == ["train_files.json"]  # no temp files left
 
     def no_scan(*args, **kwargs):
@@ -403,6 +408,197 @@ def test_file_list_cache_other_split_dir_or_corrupt(tmp_path):
     assert build_file_list(os.path.join(root_b, "train"), ["cat", "dog"], cache_file=cache) == files_b
 
 
+def bump_mtime(folder):
+    """Make a change to ``folder`` visible even on filesystems with coarse timestamps."""
+    stat = os.stat(folder)
+    os.utime(folder, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+
+
+def test_file_list_gives_torchvision_imagefolders_pairs(tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    root = make_imagenet(tmp_path, classes=("n02", "n01", "n10"), train=4)
+    classes, lists = list_splits(root)
+    for split, files in lists.items():
+        reference = ImageFolder(os.path.join(root, split))
+        assert isinstance(files, FileList) and len(files) == len(reference.samples)
+        assert classes == reference.classes
+        assert list(files) == reference.samples and files.targets.tolist() == reference.targets
+    reference = ImageFolder(os.path.join(root, "train"))
+    dataset = ImageFolderDataset(lists["train"], classes, decode_to_tensor)
+    assert dataset.samples is lists["train"]  # kept as it is, not copied into Python objects
+    assert dataset[5][1] == reference.targets[5] and dataset[5][0].shape == (16, 16, 3)
+
+
+def test_file_list_as_a_sequence(tmp_path):
+    pairs = [("/data/train/a/x.JPEG", 0), ("/data/train/a/ÿ.JPEG", 0), ("rel/b.png", 7)]
+    files = FileList.from_pairs(pairs)
+    assert len(files) == 3 and list(files) == pairs and files == pairs
+    assert files[-1] == ("rel/b.png", 7) and files[np.int64(1)] == pairs[1]
+    assert isinstance(files[0][1], int) and files.targets.dtype == np.int64
+    assert ("rel/b.png", 7) in files and ("rel/b.png", 6) not in files
+    with pytest.raises(IndexError):
+        files[3]
+    with pytest.raises(ValueError):
+        files.targets[0] = 5  # read-only: a stray write would relabel data
+    assert pickle.loads(pickle.dumps(files)) == files  # spawn-started workers receive it pickled
+    relative = FileList.from_names("/data/train", ["a/x.JPEG", "b/y.JPEG"], [0, 1])
+    assert list(relative) == [("/data/train/a/x.JPEG", 0), ("/data/train/b/y.JPEG", 1)]
+    with pytest.raises(ValueError):
+        FileList.from_names("/data", ["a\0b"], [0])
+
+
+def test_file_list_keeps_names_that_are_not_utf8(tmp_path):
+    root = make_imagenet(tmp_path / "data")
+    name = os.fsdecode(b"caf\xe9.JPEG")  # Latin-1 bytes on disk: not valid UTF-8
+    path = write(os.path.join(root, "train", "cat", name), jpeg_bytes(8, 8))
+    cache = str(tmp_path / "train.json")
+    scanned = list_splits(root, cache_files={"train": cache})[1]["train"]
+    cached = list_splits(root, cache_files={"train": cache})[1]["train"]
+    assert (path, 0) in scanned and cached == scanned
+    assert datasets.read_file(cached[list(cached).index((path, 0))][0]) == jpeg_bytes(8, 8)
+
+
+def private_dirty_kb():
+    with open("/proc/self/smaps_rollup") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Private_Dirty:"))
+
+
+def forked_read_growth_kb(samples):
+    """KiB a forked child (as a DataLoader worker is) gains in private memory reading every entry once."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            order = np.random.default_rng(0).permutation(len(samples))
+            before = private_dirty_kb()
+            for i in order:
+                path, label = samples[i]
+            os.write(write_fd, str(private_dirty_kb() - before).encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        answer = pipe.read()
+    os.waitpid(pid, 0)
+    return int(answer)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="needs Linux /proc/self/smaps_rollup")
+def test_forked_worker_does_not_copy_the_file_list():
+    n = 200_000
+    names = [f"n{i % 1000:08d}/n{i % 1000:08d}_{i}.JPEG" for i in range(n)]
+    files = FileList.from_names("/data/imagenet/train", names, [i % 1000 for i in range(n)])
+    dataset = ImageFolderDataset(files, [str(c) for c in range(1000)], decode_to_tensor)
+    control = list(files)  # the same entries as a list of (path, label) tuples
+    ours_mb, control_mb = forked_read_growth_kb(dataset.samples) / 1024, forked_read_growth_kb(control) / 1024
+    # Reading a tuple writes its reference count and copies its page: ~190 bytes an entry.
+    assert control_mb > 15, control_mb
+    assert ours_mb < 3 and ours_mb * 10 < control_mb, (ours_mb, control_mb)
+
+
+def refuse_listing(*args, **kwargs):
+    raise AssertionError("listed a folder")
+
+
+def count_scandir(monkeypatch):
+    """Record every folder os.scandir lists; os.listdir and os.walk must not be used at all."""
+    calls = {}
+    real = os.scandir
+
+    def counting(path="."):
+        key = os.path.normpath(os.fspath(path))
+        calls[key] = calls.get(key, 0) + 1
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", counting)
+    monkeypatch.setattr(os, "listdir", refuse_listing)
+    monkeypatch.setattr(os, "walk", refuse_listing)
+    return calls
+
+
+def test_start_up_lists_every_folder_once(tmp_path, monkeypatch):
+    root = make_imagenet(tmp_path / "data", classes=("a", "b", "c"))
+    write(os.path.join(root, "train", "b", "nested", "deep.JPEG"), jpeg_bytes(8, 8))
+    calls = count_scandir(monkeypatch)
+    splits, classes = data.build_datasets(data.DataConfig(data_path=root), need_train=True)
+    assert classes == ["a", "b", "c"] and len(splits["train"]) == 10 and len(splits["val"]) == 6
+    folders = [os.path.join(root, s) for s in ("train", "val")]
+    folders += [os.path.join(root, s, c) for s in ("train", "val") for c in classes]
+    folders.append(os.path.join(root, "train", "b", "nested"))
+    assert calls == {os.path.normpath(f): 1 for f in folders}
+
+
+def cache_config(tmp_path, monkeypatch, root):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # --cache-dataset writes under ~/.cache
+    return data.DataConfig(data_path=root, cache_dataset=True)
+
+
+def test_cache_dataset_fresh_cache_lists_nothing(tmp_path, monkeypatch):
+    root = make_imagenet(tmp_path / "data")
+    cfg = cache_config(tmp_path, monkeypatch, root)
+    first, classes = data.build_datasets(cfg, need_train=True)
+    cache_dir = tmp_path / "home" / ".cache" / "resnet50-imagenet" / "filelists"
+    assert sorted(name.rsplit("-", 1)[1] for name in os.listdir(cache_dir)) == ["train.json", "val.json"]
+
+    with monkeypatch.context() as m:
+        for name in ("scandir", "listdir", "walk"):
+            m.setattr(os, name, refuse_listing)
+        again, classes_again = data.build_datasets(cfg, need_train=True)
+    assert classes_again == classes
+    for split in ("train", "val"):
+        assert again[split].samples == first[split].samples and len(again[split]) == len(first[split])
+
+    # A file added to a class folder changes the folder's mtime: the cache is stale, the split is listed again.
+    added = write(os.path.join(root, "train", "dog", "new.JPEG"), jpeg_bytes(8, 8))
+    bump_mtime(os.path.dirname(added))
+    calls = count_scandir(monkeypatch)
+    after, _ = data.build_datasets(cfg, need_train=True)
+    assert (added, 1) in after["train"].samples and len(after["train"]) == len(first["train"]) + 1
+    assert calls.get(os.path.join(root, "train", "dog")) == 1 and os.path.join(root, "val", "dog") not in calls
+
+
+def test_cache_dataset_notices_a_new_class_folder(tmp_path, monkeypatch):
+    root = make_imagenet(tmp_path / "data")
+    cfg = cache_config(tmp_path, monkeypatch, root)
+    data.build_datasets(cfg, need_train=True)
+    write(os.path.join(root, "val", "zebra", "img0.JPEG"), jpeg_bytes(8, 8))
+    bump_mtime(os.path.join(root, "val"))
+    with pytest.raises(DataError) as excinfo:
+        data.build_datasets(cfg, need_train=True)
+    assert_one_line_error(excinfo, "class folders differ", "1 only in val/: zebra")
+
+
+def test_cache_written_without_layout_checks_is_not_trusted_by_them(tmp_path):
+    root = make_imagenet(tmp_path / "data")
+    odd = write(os.path.join(root, "train", "cat", "notes.txt"), b"x")
+    cache = str(tmp_path / "train.json")
+    assert len(build_file_list(os.path.join(root, "train"), ["cat", "dog"], cache_file=cache)) == 6
+    with pytest.raises(DataError) as excinfo:
+        list_splits(root, cache_files={"train": cache})
+    assert_one_line_error(excinfo, odd, "unknown extension")
+
+
+@pytest.mark.parametrize("damage", ["version 1", "counts disagree"])
+def test_stale_or_damaged_cache_is_rebuilt_not_misread(tmp_path, damage):
+    root = make_imagenet(tmp_path / "data")
+    split = os.path.join(root, "train")
+    cache = str(tmp_path / "train.json")
+    scanned = list_splits(root, cache_files={"train": cache})[1]["train"]
+    with open(cache, encoding="utf-8") as f:
+        stored = json.load(f)
+    if damage == "version 1":  # the format before: [path, label] pairs, one of them wrong
+        stored = {k: stored[k] for k in ("format", "split_dir", "classes", "dirs")}
+        stored.update(version=1, samples=[["cat/img0.JPEG", 1]])
+    else:
+        stored["counts"] = [2, 3]
+    write(cache, json.dumps(stored).encode())
+    assert list_splits(root, cache_files={"train": cache})[1]["train"] == scanned
+    with open(cache, encoding="utf-8") as f:
+        assert json.load(f)["counts"] == [3, 3]  # rewritten by the rescan
+    assert build_file_list(split, ["cat", "dog"], cache_file=cache) == scanned
+
+
 # ---------------------------------------------------------------------------------------
 # Dataset
 # ---------------------------------------------------------------------------------------
@@ -431,7 +627,7 @@ def test_dataset_basics(tmp_path):
     samples = build_file_list(os.path.join(root, "train"), ["cat", "dog"])
     ds = ImageFolderDataset(samples, ["cat", "dog"], decode_to_tensor)
     assert len(ds) == 6 and ds.samples == samples and ds.classes == ["cat", "dog"]
-    assert ds.targets == [0, 0, 0, 1, 1, 1]
+    assert isinstance(ds.targets, np.ndarray) and ds.targets.tolist() == [0, 0, 0, 1, 1, 1]
     output, target, n_bad = ds[4]
     assert output.shape == (16, 16, 3) and target == 1 and n_bad == 0
     assert ds[np.int64(4)][1] == 1 and ds[-1][1] == 1
