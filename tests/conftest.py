@@ -1,12 +1,18 @@
-"""Shared fixtures: tiny ImageFolder datasets made of real JPEGs, and running the real train.py."""
+"""Shared fixtures: tiny ImageFolder datasets made of real JPEGs, and running the real train.py (as a new
+process, under torchrun, or in this process)."""
 
+import contextlib
+import io
 import os
+import random
+import signal
 import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,3 +91,64 @@ def run_torchrun(args, *, nproc=2, env=None, timeout=600, check=True, extra_laun
         raise AssertionError(f"torchrun exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\n"
                              f"STDERR:\n{proc.stderr[-4000:]}")
     return proc
+
+
+def run_train_in_process(args, *, check=True) -> subprocess.CompletedProcess:
+    """`train.py ARGS` run by train.cli in this process: what run_train does, without a new interpreter's
+    3-5 s of imports. Returns the same CompletedProcess (exit code, stdout, stderr text).
+
+    The run sees what a subprocess with TEST_ENV would: one intra-op thread (so a run here and one in a
+    subprocess compute the same bits) and `train.py ...` as sys.argv. What a run changes for the whole process
+    (signal handlers, deterministic algorithms, float32 precision, RNGs, environment) is put back afterwards.
+    Keep run_train for what only a separate process shows: signals, exit codes seen by a shell, output written
+    by DataLoader worker processes."""
+    import train
+
+    argv = [str(a) for a in args]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with _process_state_restored():
+        sys.argv = ["train.py", *argv]
+        torch.set_num_threads(1)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = train.cli(argv)
+            except SystemExit as e:  # argparse's usage errors, as the interpreter would report them
+                code = e.code if isinstance(e.code, int) else 1
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+    proc = subprocess.CompletedProcess(["train.py", *argv], code, stdout.getvalue(), stderr.getvalue())
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.cli returned {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\n"
+                             f"STDERR:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+# Process-wide float32 settings a run may change (train.py --tf32 sets them).
+_PRECISION_SETTINGS = ((torch.backends.cudnn.conv, "fp32_precision"), (torch.backends.cuda.matmul, "fp32_precision"))
+
+
+@contextlib.contextmanager
+def _process_state_restored():
+    signals = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    argv, threads, environ = sys.argv, torch.get_num_threads(), dict(os.environ)
+    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    precision = [(obj, name, getattr(obj, name)) for obj, name in _PRECISION_SETTINGS if hasattr(obj, name)]
+    rng = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        for sig, handler in signals.items():
+            signal.signal(sig, handler)
+        sys.argv = argv
+        torch.set_num_threads(threads)
+        for key in set(os.environ) - set(environ):
+            del os.environ[key]
+        os.environ.update(environ)
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        for obj, name, value in precision:
+            setattr(obj, name, value)
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+        torch.set_rng_state(rng[2])
