@@ -39,6 +39,7 @@ def launch_node(node_rank, port, data, out):
 
 
 def test_two_nodes_on_localhost_with_the_16_card_script(tmp_path):
+    """The suite's one two-node run (amp_16cards.sh differs only in options, which test_scripts.py checks)."""
     data = make_imagefolder(tmp_path / "data", classes=2, train_per_class=8, val_per_class=2)
     port = free_port()
     nodes = [launch_node(r, port, data, tmp_path / f"out{r}") for r in (0, 1)]
