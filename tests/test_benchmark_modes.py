@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from conftest import FAST_ARGS, make_imagefolder, run_torchrun, run_train
+from conftest import FAST_ARGS, make_imagefolder, run_torchrun, run_train, run_train_in_process
 
 
 def last_json(stdout):
@@ -20,7 +20,7 @@ def test_each_benchmark_mode_prints_its_json_last(tmp_path, mode):
     if mode != "model":
         args += ["--data-path", make_imagefolder(tmp_path / "data", classes=2, train_per_class=4, val_per_class=1),
                  "--backend", "fast"]
-    proc = run_train(args)
+    proc = run_train_in_process(args)
     result = last_json(proc.stdout)
     assert result["benchmark"] == mode and result["steps"] == 3 and result["batch_size"] == 4
     assert result["world_size"] == 1 and result["device"] == "cpu" and result["imgs_per_sec"] > 0

@@ -290,12 +290,14 @@ def jpeg_folder(tmp_path_factory):
                             size=64)
 
 
-def _benchmark_data(data, tmp_path, *extra, env=None, check=True):
-    from conftest import FAST_ARGS, run_train
+def _benchmark_data(data, tmp_path, *extra, check=True):
+    """`train.py --benchmark data` in this process; its two DataLoader workers are forked from it, so they
+    receive the transform (and the library path) pickled as in a run of its own."""
+    from conftest import FAST_ARGS, run_train_in_process
 
-    return run_train(["--benchmark", "data", "--benchmark-steps", "3", "--benchmark-warmup", "1", *FAST_ARGS,
-                      "--data-path", data, "--backend", "fast", "--workers", "2", "--output-dir", tmp_path / "out",
-                      *extra], env=env, check=check)
+    return run_train_in_process(["--benchmark", "data", "--benchmark-steps", "3", "--benchmark-warmup", "1",
+                                 *FAST_ARGS, "--data-path", data, "--backend", "fast", "--workers", "2",
+                                 "--output-dir", tmp_path / "out", *extra], check=check)
 
 
 @needs_decoder
@@ -306,12 +308,12 @@ def test_train_benchmark_decodes_regions_in_workers(jpeg_folder, tmp_path):
     assert result["roi_decode"] is True and result["workers"] == 2 and result["imgs_per_sec"] > 0
 
 
-def test_train_without_a_compiler_falls_back_or_stops_by_mode(jpeg_folder, tmp_path):
-    env = {"CC": str(tmp_path / "no-such-cc")}
-    proc = _benchmark_data(jpeg_folder, tmp_path, env=env)  # --roi-decode auto
+def test_train_without_a_compiler_falls_back_or_stops_by_mode(jpeg_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    proc = _benchmark_data(jpeg_folder, tmp_path)  # --roi-decode auto
     assert "region-of-interest decode is unavailable: no working C compiler" in proc.stdout
     assert last_json(proc.stdout)["roi_decode"] is False
-    proc = _benchmark_data(jpeg_folder, tmp_path, "--roi-decode", "on", env=env, check=False)
+    proc = _benchmark_data(jpeg_folder, tmp_path, "--roi-decode", "on", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"error: --roi-decode on: no working C compiler ({tmp_path / 'no-such-cc'}: [Errno 2] No such file or "

@@ -1,6 +1,9 @@
 """What a run leaves behind: metrics.jsonl and summary.json with every documented field, --target-acc,
 --eval-interval, TensorBoard, continued metrics after a resume, bad images end to end, results tables from
-real runs."""
+real runs.
+
+Single-process runs go through train.cli in this process (run_train_in_process); a subprocess is kept where the
+process itself is under test (its stderr with DataLoader workers) and for torchrun."""
 
 import json
 import os
@@ -10,7 +13,7 @@ import sys
 import pytest
 
 import metrics
-from conftest import FAST_ARGS, REPO, make_imagefolder, run_torchrun, run_train
+from conftest import FAST_ARGS, REPO, make_imagefolder, run_torchrun, run_train, run_train_in_process
 
 
 def read_jsonl(path):
@@ -24,10 +27,21 @@ def learnable(tmp_path_factory):
                             val_per_class=4)
 
 
+# --target-acc 1 on two learnable classes: reached after the first epoch, which ends the run early.
+TARGET_ARGS = ["--epochs", "6", "--lr", "0.002", "--seed", "0", "--target-acc", "1", *FAST_ARGS]
+
+
+@pytest.fixture(scope="module")
+def target_run(learnable, tmp_path_factory):
+    """One run that reaches its target: its summary is checked, and it is the 1-card row of a results table."""
+    out = tmp_path_factory.mktemp("target") / "out"
+    return run_train_in_process(["--data-path", learnable, "--output-dir", out, *TARGET_ARGS]), out
+
+
 def test_metrics_and_summary_have_every_documented_field(learnable, tmp_path):
     out = tmp_path / "out"
-    run_train(["--data-path", learnable, "--output-dir", out, "--epochs", "2", "--lr", "0.002", "--seed", "0",
-               "--tensorboard", *FAST_ARGS])
+    run_train_in_process(["--data-path", learnable, "--output-dir", out, "--epochs", "2", "--lr", "0.002",
+                          "--seed", "0", "--tensorboard", *FAST_ARGS])
     records = read_jsonl(out / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [0, 1]
     for r in records:
@@ -47,10 +61,8 @@ def test_metrics_and_summary_have_every_documented_field(learnable, tmp_path):
     assert events
 
 
-def test_target_acc_stops_early_and_records_time_and_epochs(learnable, tmp_path):
-    out = tmp_path / "out"
-    proc = run_train(["--data-path", learnable, "--output-dir", out, "--epochs", "6", "--lr", "0.002", "--seed", "0",
-                      "--target-acc", "1", *FAST_ARGS])
+def test_target_acc_stops_early_and_records_time_and_epochs(target_run):
+    proc, out = target_run
     assert "target Acc@1 1.0 reached at epoch 0" in proc.stdout
     with open(out / "summary.json") as f:
         summary = json.load(f)
@@ -60,8 +72,8 @@ def test_target_acc_stops_early_and_records_time_and_epochs(learnable, tmp_path)
 
 def test_eval_interval_skips_evaluations_but_not_the_last(learnable, tmp_path):
     out = tmp_path / "out"
-    proc = run_train(["--data-path", learnable, "--output-dir", out, "--epochs", "3", "--eval-interval", "2",
-                      "--max-steps-per-epoch", "2", *FAST_ARGS])
+    proc = run_train_in_process(["--data-path", learnable, "--output-dir", out, "--epochs", "3",
+                                 "--eval-interval", "2", "--max-steps-per-epoch", "2", *FAST_ARGS])
     records = read_jsonl(out / "metrics.jsonl")
     assert [r["val_acc1"] is not None for r in records] == [False, True, True]
     assert proc.stdout.count("Test: Acc@1") == 2
@@ -71,11 +83,11 @@ def test_eval_interval_skips_evaluations_but_not_the_last(learnable, tmp_path):
 def test_resumed_run_continues_metrics_without_duplicate_epochs(learnable, tmp_path):
     out = tmp_path / "out"
     common = ["--data-path", learnable, "--output-dir", out, "--max-steps-per-epoch", "2", *FAST_ARGS]
-    run_train([*common, "--epochs", "2"])
+    run_train_in_process([*common, "--epochs", "2"])
     # A crash after epoch 1's metrics but before its checkpoint: resuming from epoch 0's file reruns epoch 1.
     os.remove(out / "checkpoint.pth")
     os.remove(out / "model_1.pth")
-    proc = run_train([*common, "--epochs", "3", "--resume", "auto"])
+    proc = run_train_in_process([*common, "--epochs", "3", "--resume", "auto"])
     assert "resumed from" in proc.stdout and "model_0.pth" in proc.stdout
     assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 1, 2]
 
@@ -86,9 +98,11 @@ def test_bad_images_skip_counts_and_error_names_the_file(tmp_path):
     with open(bad, "r+b") as f:
         f.truncate(120)  # a truncated JPEG
     out = tmp_path / "out"
-    proc = run_train(["--data-path", data, "--output-dir", out, "--epochs", "1", "--bad-images", "skip", *FAST_ARGS])
+    proc = run_train_in_process(["--data-path", data, "--output-dir", out, "--epochs", "1", "--bad-images", "skip",
+                                 *FAST_ARGS])
     assert proc.stderr.count(f"skipping bad image {bad}") == 1
     assert read_jsonl(out / "metrics.jsonl")[0]["bad_images"] == 1
+    # A subprocess: what is checked is the process's whole stderr, DataLoader workers' tracebacks included.
     proc = run_train(["--data-path", data, "--output-dir", tmp_path / "out2", "--epochs", "1", *FAST_ARGS,
                       "--workers", "2"], check=False)
     assert proc.returncode == 2
@@ -97,11 +111,9 @@ def test_bad_images_skip_counts_and_error_names_the_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_results_table_from_real_one_and_two_process_runs(learnable, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    common = ["--data-path", learnable, "--epochs", "1", "--target-acc", "1", *FAST_ARGS]
-    run_train([*common, "--output-dir", one])
-    run_torchrun([*common, "--output-dir", two])
+def test_results_table_from_real_one_and_two_process_runs(learnable, target_run, tmp_path):
+    one, two = target_run[1], tmp_path / "two"
+    run_torchrun(["--data-path", learnable, "--output-dir", two, *TARGET_ARGS])
     proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "results_table.py"), one, two],
                           capture_output=True, text=True, check=True)
     table = proc.stdout
