@@ -6,6 +6,7 @@ with an uninterrupted run of the same seed (CPU, --use-deterministic-algorithms)
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -13,7 +14,8 @@ import time
 import pytest
 import torch
 
-from conftest import FAST_ARGS, REPO, TEST_ENV, make_imagefolder, run_torchrun, run_train, torchrun_cmd, train_cmd
+from conftest import (FAST_ARGS, REPO, TEST_ENV, make_imagefolder, run_torchrun, run_train, run_train_in_process,
+                      torchrun_cmd, train_cmd)
 
 pytestmark = pytest.mark.slow
 
@@ -41,17 +43,36 @@ def assert_same_weights(a, b):
 
 
 @pytest.fixture(scope="module")
-def straight(det_data, tmp_path_factory):
+def straight_run(det_data, tmp_path_factory):
+    """The uninterrupted run, in this process: one thread, as in the subprocesses below, so the same bits."""
     out = tmp_path_factory.mktemp("straight") / "out"
-    run_train(det_args(det_data, out))
-    return weights(out)
+    run_train_in_process(det_args(det_data, out))
+    return out
 
 
 @pytest.fixture(scope="module")
-def straight_ddp(det_data, tmp_path_factory):
+def straight(straight_run):
+    return weights(straight_run)
+
+
+@pytest.fixture(scope="module")
+def straight_ddp_run(det_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("straight_ddp") / "out"
     run_torchrun(det_args(det_data, out))
-    return weights(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def straight_ddp(straight_ddp_run):
+    return weights(straight_ddp_run)
+
+
+def died_after_first_epoch(run_dir, out):
+    """`out` as a run of the same arguments leaves it when it dies right after epoch 0: that epoch's checkpoint,
+    taken from the uninterrupted run (the same bits as a run stopped there)."""
+    os.makedirs(out)
+    for name in ("checkpoint.pth", "model_0.pth"):
+        shutil.copyfile(os.path.join(run_dir, "model_0.pth"), os.path.join(out, name))
 
 
 def start(cmd, env=None):
@@ -97,7 +118,7 @@ def test_sigterm_mid_epoch_saves_exits_75_and_resume_is_bitwise_identical(det_da
     assert "preempted by signal" in rest and "checkpoint saved at epoch 1 step" in rest
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
     assert ckpt["epoch"] == 0 and ckpt["step_in_epoch"] >= 3
-    resumed = run_train(det_args(det_data, out, "--resume", "auto"))
+    resumed = run_train_in_process(det_args(det_data, out, "--resume", "auto"))
     assert f"epoch 1, step {ckpt['step_in_epoch']}" in resumed.stdout
     assert_same_weights(weights(out), straight)
 
@@ -106,7 +127,7 @@ def test_sigusr1_to_the_whole_process_group_with_workers_saves_and_exits_75(det_
     """SLURM signals every process of the job: DataLoader workers must ignore it while the main process saves."""
     out = tmp_path / "out"
     proc = start(train_cmd(det_args(det_data, out, "--workers", "2")))
-    wait_for(proc, "Epoch: [1] [2/")
+    wait_for(proc, "Epoch: [0] [2/")
     os.killpg(proc.pid, signal.SIGUSR1)
     rest, _ = proc.communicate(timeout=120)
     assert proc.returncode == 75, rest[-3000:]
@@ -128,7 +149,7 @@ def test_sigkill_at_random_points_never_corrupts_and_ends_identical(det_data, st
         leftovers = [p for p in os.listdir(out) if p.endswith(".pth")]
         for name in leftovers:  # every visible checkpoint loads
             torch.load(out / name, weights_only=True)
-    run_train(args)
+    run_train_in_process(args)
     assert_same_weights(weights(out), straight)
 
 
@@ -146,17 +167,17 @@ def test_torchrun_sigterm_saves_and_resume_matches_uninterrupted(det_data, strai
     assert_same_weights(weights(out), straight_ddp)
 
 
-def test_torchrun_resume_after_an_epoch_is_bitwise_identical(det_data, straight_ddp, tmp_path):
+def test_torchrun_resume_after_an_epoch_is_bitwise_identical(det_data, straight_ddp_run, straight_ddp, tmp_path):
     out = tmp_path / "out"
-    run_torchrun(det_args(det_data, out, "--epochs", "1"))
+    died_after_first_epoch(straight_ddp_run, out)
     proc = run_torchrun(det_args(det_data, out, "--resume", "auto"))
     assert "resumed from" in proc.stdout
     assert_same_weights(weights(out), straight_ddp)
 
 
-def test_resume_with_another_world_size_warns_and_finishes(det_data, tmp_path):
+def test_resume_with_another_world_size_warns_and_finishes(det_data, straight_run, tmp_path):
     out = tmp_path / "out"
-    run_train(det_args(det_data, out, "--epochs", "1"))
+    died_after_first_epoch(straight_run, out)  # one process, batch 4
     proc = run_torchrun(det_args(det_data, out, "--epochs", "2", "--resume", "auto"))
     assert "warning: resuming with world size 2 and global batch 8 (checkpoint: 1, 4)" in proc.stdout
     assert "scale --lr with the global batch" in proc.stdout
@@ -198,11 +219,11 @@ def test_stopped_peer_ends_the_job_with_an_error_instead_of_a_hang(det_data, tmp
     assert "Timed out waiting 15000ms" in rest, rest[-3000:]
 
 
-def test_nonfinite_loss_stops_naming_epoch_and_step_and_keeps_good_checkpoint(det_data, tmp_path):
+def test_nonfinite_loss_stops_naming_epoch_and_step_and_keeps_good_checkpoint(det_data, straight_run, tmp_path):
     out = tmp_path / "out"
-    run_train(det_args(det_data, out, "--epochs", "1"))
+    died_after_first_epoch(straight_run, out)
     good = weights(out)
-    proc = run_train(det_args(det_data, out, "--resume", "auto", "--lr", "1e30"), check=False)
+    proc = run_train_in_process(det_args(det_data, out, "--resume", "auto", "--lr", "1e30"), check=False)
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "NaN or Inf at epoch 1, step" in proc.stderr
     assert_same_weights(weights(out), good)
@@ -218,11 +239,10 @@ def test_exact_evaluation_at_world_size_1_2_3(tmp_path):
             if c < 2 or i == 0:
                 os.rename(f, dst / f.name)
     out = tmp_path / "out"
-    run_train(["--data-path", data, "--output-dir", out, "--epochs", "1", "--seed", "0", *FAST_ARGS])
+    run_train_in_process(["--data-path", data, "--output-dir", out, "--epochs", "1", "--seed", "0", *FAST_ARGS])
+    test_only = ["--data-path", data, "--resume", out / "checkpoint.pth", "--test-only", *FAST_ARGS]
     results = []
-    for nproc in (1, 2, 3):
-        proc = run_torchrun(["--data-path", data, "--resume", out / "checkpoint.pth", "--test-only", *FAST_ARGS],
-                            nproc=nproc)
+    for proc in (run_train_in_process(test_only), run_torchrun(test_only, nproc=2), run_torchrun(test_only, nproc=3)):
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("Test: Acc@1")][-1]
         results.append(line)
     assert all("(7 images)" in r for r in results), results
@@ -234,9 +254,9 @@ def test_resume_without_seed_keeps_the_interrupted_runs_data_seed(det_data, tmp_
     take its remaining batches from a different shuffle (repeating some images, never showing others)."""
     out = tmp_path / "out"
     no_seed = [a for a in det_args(det_data, out) if a not in ("--seed", "11")]
-    run_train([*no_seed, "--epochs", "1"])
+    run_train_in_process([*no_seed, "--epochs", "1"])
     first = torch.load(out / "checkpoint.pth", weights_only=True)
-    proc = run_train([*no_seed, "--epochs", "2", "--resume", "auto"])
+    proc = run_train_in_process([*no_seed, "--epochs", "2", "--resume", "auto"])
     assert "continuing with the checkpoint's data seed" in proc.stdout
     second = torch.load(out / "checkpoint.pth", weights_only=True)
     assert second["epoch"] == 1
