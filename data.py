@@ -159,8 +159,9 @@ def _cache_file(split_dir: str, enabled: bool) -> str | None:
 
 
 def resolve_roi_decode(cfg: DataConfig) -> tuple[str | None, str | None]:
-    """(region decoder library or None, log line or None). Only the fast backend's CPU training transform
-    crops from a decode; the library is built here, in the main process, before any worker starts."""
+    """(region decoder's name or None, log line or None). Only the fast backend's CPU training transform
+    crops from a decode; the decoder is checked here, in the main process, before any worker starts, so that
+    ``--roi-decode on`` stops with one line and ``auto`` says once why it decodes whole images."""
     if cfg.backend != "fast" or cfg.decode_on_device:
         return None, None
     return jpeg_roi.prepare(cfg.roi_decode)

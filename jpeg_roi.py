@@ -1,100 +1,172 @@
 """Region-of-interest JPEG decoding for the fast CPU pipeline: decode only the crop.
 
-A RandomResizedCrop keeps on average about half of the image, yet Pillow and torchvision
-decode every pixel first. libjpeg-turbo can skip the rows above a crop, the columns beside
-it and everything below it (``jpeg_roi.c``); its output for the crop is bit-identical to a
-full decode followed by the same crop, which the tests check.
+A RandomResizedCrop keeps on average about half of the image, yet a plain decode produces
+every pixel first. libjpeg-turbo can stop at the last row of a crop, and for the rows above
+it and the columns beside it run only the entropy decoding (no inverse DCT, upsampling or
+colour conversion). nvImageCodec (NVIDIA's image codec library, the ``nvidia-nvimgcodec-cu13``
+wheel of requirements.txt) exposes that on the CPU, with no GPU and no compiler: a code
+stream with a region of interest, decoded by its libjpeg-turbo backend. The region is
+bit-identical to the same crop of a full decode (tests/test_jpeg_roi.py checks 4:4:4, 4:2:2,
+4:2:0, grayscale, odd sizes and edges) with one exception handled here: a region one column
+wide starting on an iMCU boundary of a 4:2:0 file is upsampled as if it were the image's
+edge, so such a region is decoded two columns wide and cut.
 
-Neither Pillow nor torchvision exposes those calls, so ``jpeg_roi.c`` is a small C
-library, built on first use with the system C compiler against libjpeg-turbo's headers
-(Debian/Ubuntu: ``apt install gcc libjpeg-turbo8-dev`` or ``libjpeg62-turbo-dev``) and kept
-under ``~/.cache/resnet50-imagenet/``. It is optional (``--roi-decode auto``): without a compiler or the headers the
-fast backend decodes whole images as before, and the run says so in one line.
+The same decoder does the fast backend's whole-image decodes (full_decoder): as fast as
+torchvision's decode_jpeg, which torchvision 0.29 deprecates on the CPU, and bit-identical to
+Pillow's. Without nvImageCodec (it has wheels for Linux x86_64 and aarch64 only) the fast
+backend decodes whole images with Pillow, and ``--roi-decode auto`` says so in one line.
+
+The console stays clean:
+  * nvImageCodec logs every file it declines ("[ERROR] ... Premature end of JPEG data",
+    "[WARNING] ... Out of bounds region") unless the environment variable
+    PYNVIMGCODEC_VERBOSITY is 0 when it is imported; it is set so here (a value the user
+    set is kept, to debug the decoder);
+  * its import prints "Failed to load nvjpeg library!" lines when the nvJPEG, nvJPEG2000 and
+    nvTIFF wheels are missing, GPU or not, whatever the verbosity: requirements.txt installs
+    them, and with them the import is silent;
+  * libjpeg's own warnings about damaged data ("Corrupt JPEG data: ...") are still printed,
+    as torchvision's and every other libjpeg-based decoder prints them: they name a real
+    problem of the dataset.
 
 Every failure of the region decoder (a CMYK file, corrupt data, a file that does not end
-with the end-of-image marker, an error) returns None, and the caller decodes the whole file in full instead, so bad-image
-reporting stays with the one path that gives verdicts.
+with the end-of-image marker, a region outside the image) returns None, and the caller
+decodes the whole file in full instead, so bad-image reporting stays with the one path that
+gives verdicts.
 """
 
-import ctypes
 import functools
-import hashlib
+import importlib
+import io
 import os
-import shutil
-import subprocess
-import tempfile
 
 import numpy as np
 
-import fileio
-
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "jpeg_roi.c")
-CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "resnet50-imagenet", "jpeg_roi")
 MODES = ("auto", "on", "off")
-
-_ERRBUF_LEN = 200
-_ROI_OK = 0
+# What prepare() returns when regions are decoded: a name, not a handle, since the transforms carry it into
+# the DataLoader workers (pickled) and each worker opens its own decoder (open_decoder).
+DECODER = "nvimgcodec"
+INSTALL_HINT = ("pip install -r requirements.txt installs it with the nvJPEG wheels (nvidia-nvimgcodec-cu13; "
+                "Linux x86_64 and aarch64)")
+_VERBOSITY_VARIABLE = "PYNVIMGCODEC_VERBOSITY"
 
 
 class RoiUnavailable(RuntimeError):
-    """The region decoder cannot be built or loaded here; the message says why and what to install."""
+    """The region decoder cannot be used here; the message says why and what to install."""
 
 
-def _compiler():
-    return os.environ.get("CC", "cc")
-
-
-def library_path(cache_dir=CACHE_DIR):
-    """Where the built library lives: keyed by the source and the compiler, so an edit rebuilds it."""
-    with open(SOURCE, "rb") as f:
-        key = hashlib.sha256(f.read() + _compiler().encode()).hexdigest()[:16]
-    return os.path.join(cache_dir, f"jpeg_roi-{key}.so")
-
-
-def build(cache_dir=CACHE_DIR):
-    """Compile jpeg_roi.c into the cache and return its path. The library is published with
-    fileio.atomic_write: concurrent ranks may race, and a half-written file must never be loaded."""
-    path = library_path(cache_dir)
-    if os.path.exists(path):
-        return path
+def _import_nvimgcodec():
+    """The nvidia.nvimgcodec module, imported with its logging off (see the module docstring);
+    RoiUnavailable when it is not installed or fails to load."""
+    os.environ.setdefault(_VERBOSITY_VARIABLE, "0")  # read once, when the library loads
     try:
-        os.makedirs(cache_dir, exist_ok=True)
-        work = tempfile.mkdtemp(prefix=".jpeg_roi-", dir=cache_dir)
-    except OSError as e:
-        raise RoiUnavailable(f"cannot write to {cache_dir}: {e.strerror}") from None
-    try:
-        built = os.path.join(work, "jpeg_roi.so")
-        _compile(built)
-        with open(built, "rb") as src:
-            fileio.atomic_write(path, lambda f: shutil.copyfileobj(src, f))
-    except OSError as e:
-        raise RoiUnavailable(f"cannot write {path}: {e.strerror}") from None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return path
+        nvimgcodec = importlib.import_module("nvidia.nvimgcodec")
+    except ImportError as e:
+        raise RoiUnavailable(f"nvImageCodec is not installed ({e}); {INSTALL_HINT}") from None
+    except OSError as e:  # a wheel for another platform or a damaged install: its shared library fails to load
+        raise RoiUnavailable(f"nvImageCodec cannot be loaded ({e}); reinstall it: {INSTALL_HINT}") from None
+    return nvimgcodec
 
 
-def _compile(out):
-    cmd = [_compiler(), "-O2", "-shared", "-fPIC", "-o", out, SOURCE, "-ljpeg"]
+class JpegDecoder:
+    """nvImageCodec's CPU JPEG decoder: a region of the image, or all of it, as an (h, w, 3) uint8 array, or None.
+
+    One CPU thread, the caller's: DataLoader workers are the pipeline's parallelism. Grayscale files come back
+    as three equal channels, as PIL's convert("RGB") gives them. EXIF orientation is not applied, as in the
+    reference pipeline (PIL's Image.open does not apply it either).
+    """
+
+    def __init__(self):
+        nvimgcodec = _import_nvimgcodec()
+        self._nvimgcodec = nvimgcodec
+        try:
+            # device_id CPU_ONLY: without it the decoder asks the CUDA runtime for a device and fails on a
+            # machine without a GPU driver, even with the CPU backend alone.
+            self._decoder = nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=1,
+                                               backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)])
+        except RuntimeError as e:
+            raise RoiUnavailable(f"nvImageCodec's CPU decoder cannot be created ({e})") from None
+        self._params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB)
+
+    def _stream(self, data):
+        """The parsed code stream of a colour or grayscale JPEG, or None (another format or colour model, a
+        file without its end-of-image marker, a header it cannot parse)."""
+        if data[-2:] != b"\xff\xd9":
+            # No end-of-image marker: most likely a truncated file. A region above the cut would decode
+            # cleanly, hiding the damage; the full decode path gives the bad-image verdict instead.
+            return None
+        try:
+            stream = self._nvimgcodec.CodeStream(data)
+            if stream.codec_name != "jpeg" or stream.num_channels not in (1, 3):
+                return None  # CMYK/YCCK and other formats: PIL knows their colour conventions
+        except RuntimeError:
+            return None
+        return stream
+
+    def _decode(self, stream):
+        try:
+            image = self._decoder.decode(stream, params=self._params)
+        except RuntimeError:
+            return None
+        if image is None:
+            return None
+        array = np.asarray(image)
+        return array if array.ndim == 3 and array.shape[2] == 3 else None
+
+    def decode(self, data, left, top, width, height):
+        """Pixels [top, top + height) x [left, left + width) of the image, or None when the file must be
+        decoded in full (see _stream; a region outside the image or empty)."""
+        if width <= 0 or height <= 0 or left < 0 or top < 0:
+            return None
+        stream = self._stream(data)
+        if stream is None or left + width > stream.width or top + height > stream.height:
+            return None
+        # A one-column region on an iMCU boundary would lose its chroma neighbour (see the module docstring):
+        # decode two columns, the second on the side the image continues, and keep the wanted one.
+        one_column = width == 1 and stream.width > 1
+        shift = 1 if one_column and left + 1 == stream.width else 0
+        decoded_width = 2 if one_column else width
+        region = self._nvimgcodec.Region(top, left - shift, top + height, left - shift + decoded_width)
+        array = self._decode(stream.get_sub_code_stream(region=region))
+        if array is None or array.shape[:2] != (height, decoded_width):
+            return None
+        return array[:, shift : shift + 1] if one_column else array
+
+    def decode_full(self, data):
+        """The whole image, or None (see _stream; PIL then decodes it or gives the verdict)."""
+        stream = self._stream(data)
+        return None if stream is None else self._decode(stream)
+
+
+_decoders = {}
+
+
+def open_decoder():
+    """This process's decoder (RoiUnavailable when there is none). One per process: the transforms carry only
+    DECODER's name into the DataLoader workers, and each worker opens its own decoder on first use."""
+    pid = os.getpid()
+    if pid not in _decoders:
+        _decoders[pid] = JpegDecoder()
+    return _decoders[pid]
+
+
+@functools.lru_cache(maxsize=None)
+def _full_decoder_for(pid):
     try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise RoiUnavailable(f"no working C compiler ({_compiler()}: {e}); install gcc and libjpeg-turbo's "
-                             "headers to enable it") from None
-    if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if "error" in line] or result.stderr.splitlines()
-        detail = lines[0].strip() if lines else f"exit code {result.returncode}"
-        raise RoiUnavailable(f"building jpeg_roi.c failed ({detail}); it needs libjpeg-turbo >= 1.5 headers "
-                             "(apt install libjpeg-turbo8-dev or libjpeg62-turbo-dev)")
+        return open_decoder()
+    except RoiUnavailable:
+        return None
+
+
+def full_decoder():
+    """This process's decoder for whole images, or None where nvImageCodec is not available (Pillow decodes then)."""
+    return _full_decoder_for(os.getpid())
 
 
 def self_test(decoder):
     """Decode a region of a small generated JPEG and compare it with Pillow's full decode of the same file.
 
-    Guards against a library that loads but does not work (for example an incompatible libjpeg resolved at
-    run time, which would make every call decline and silently cost a failed attempt per image)."""
-    import io
-
+    Guards against a decoder that loads but does not work (which would make every call decline and silently
+    cost a failed attempt per image)."""
     from PIL import Image
 
     y, x = np.mgrid[0:48, 0:64]
@@ -105,63 +177,17 @@ def self_test(decoder):
     expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))[5:37, 9:49]
     region = decoder.decode(data, 9, 5, 40, 32)
     if region is None:
-        raise RoiUnavailable(f"{decoder.path} failed its self-test (it declined a plain JPEG: "
-                             f"{decoder.last_error() or 'no message'})")
+        raise RoiUnavailable("nvImageCodec failed its self-test (it declined a plain JPEG)")
     worst = int(np.abs(region.astype(np.int16) - expected).max())
     if worst > 2:  # two builds of libjpeg-turbo agree to the level; anything more is a broken decode
-        raise RoiUnavailable(f"{decoder.path} failed its self-test (pixels differ from Pillow's by {worst} levels)")
+        raise RoiUnavailable(f"nvImageCodec failed its self-test (pixels differ from Pillow's by {worst} levels)")
 
 
-class RoiDecoder:
-    """Decodes a rectangle of a colour JPEG into an (h, w, 3) uint8 array, or returns None.
+def prepare(mode):
+    """Resolve --roi-decode in the main process, before the workers start: (DECODER or None, one line saying
+    which decode is used and why).
 
-    Not thread-safe (it keeps a message buffer): one instance per process, see open_decoder.
-    """
-
-    def __init__(self, path):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError as e:
-            raise RoiUnavailable(f"cannot load {path}: {e}") from None
-        lib.roi_decode.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                                   ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
-        lib.roi_decode.restype = ctypes.c_int
-        self.path = path
-        self._decode = lib.roi_decode
-        self._errbuf = ctypes.create_string_buffer(_ERRBUF_LEN)
-
-    def decode(self, data, left, top, width, height, scale=1):
-        """Pixels [top, top + height) x [left, left + width) of the image decoded at 1/scale
-        (scale 1, 2, 4 or 8; coordinates in decoded pixels), or None when this file must be
-        decoded in full (not a 3-component JPEG, corrupt data, a region outside the image)."""
-        if scale not in (1, 2, 4, 8) or width <= 0 or height <= 0:
-            return None
-        if data[-2:] != b"\xff\xd9":
-            # No end-of-image marker: most likely a truncated file. A region above the cut would decode
-            # cleanly, hiding the damage; the full decode path gives the bad-image verdict instead.
-            return None
-        out = np.empty((height, width, 3), dtype=np.uint8)
-        status = self._decode(data, len(data), scale, left, top, width, height, out.ctypes.data,
-                              self._errbuf, _ERRBUF_LEN)
-        return out if status == _ROI_OK else None
-
-    def last_error(self):
-        """libjpeg's message for the last call that failed with an error ('' after warnings or declines)."""
-        return self._errbuf.value.decode(errors="replace")
-
-
-@functools.lru_cache(maxsize=None)
-def open_decoder(path):
-    """The decoder for a built library, one per process: the transforms carry only the path (they are
-    pickled into the DataLoader workers), and each worker opens the library once."""
-    return RoiDecoder(path)
-
-
-def prepare(mode, cache_dir=CACHE_DIR):
-    """Resolve --roi-decode in the main process, before the workers start: (library path or None, one
-    line saying which decode is used and why).
-
-    ``auto`` builds and uses the region decoder when it can, and says why not otherwise; ``on`` raises
+    ``auto`` uses the region decoder when nvImageCodec works here, and says why not otherwise; ``on`` raises
     RoiUnavailable instead of falling back; ``off`` decodes whole images.
     """
     if mode not in MODES:
@@ -169,10 +195,9 @@ def prepare(mode, cache_dir=CACHE_DIR):
     if mode == "off":
         return None, "JPEG decode: whole images (--roi-decode off)"
     try:
-        path = build(cache_dir)
-        self_test(open_decoder(path))
+        self_test(JpegDecoder())
     except RoiUnavailable as e:
         if mode == "on":
             raise RoiUnavailable(f"--roi-decode on: {e}") from None
         return None, f"JPEG decode: whole images; region-of-interest decode is unavailable: {e}"
-    return path, "JPEG decode: only each crop's region (libjpeg-turbo, jpeg_roi.c)"
+    return DECODER, "JPEG decode: only each crop's region (nvImageCodec, libjpeg-turbo on the CPU)"

@@ -251,16 +251,17 @@ def _has_tv_decode_jpeg():
 
 
 def _decode_jpeg_full(data, path):
-    """Full-size decode with libjpeg-turbo via torchvision (no PIL image, no extra copy).
+    """Full-size decode of a colour or grayscale JPEG: an RGB uint8 CHW tensor (channels-last strides).
 
-    Returns an RGB uint8 CHW tensor. On failure PIL decodes it instead: either it can (some
-    rare JPEG torchvision rejects), or decode_pil raises BadImageError with a clear reason.
+    nvImageCodec's libjpeg-turbo decoder (jpeg_roi.full_decoder) where it is installed: as fast as
+    torchvision's decode_jpeg, deprecated on the CPU since torchvision 0.29, and bit-identical to
+    Pillow's decode. When it is missing or declines the file, PIL decodes it instead: either it can,
+    or decode_pil raises BadImageError with a clear reason.
     """
-    if _has_tv_decode_jpeg():
-        try:
-            return _tv_decode_jpeg(_bytes_tensor(data))
-        except RuntimeError:
-            pass
+    decoder = jpeg_roi.full_decoder()
+    array = None if decoder is None else decoder.decode_full(data)
+    if array is not None:
+        return _hwc_to_chw(array)
     return _decode_pil_tensor(data, path)
 
 
@@ -286,59 +287,36 @@ def _load_reduced_jpeg(data, scale):
     return image, width / drafted[1][2]
 
 
-def _resize_reduced(image, scale, box, size, interpolation, origin=(0, 0)):
+def _resize_reduced(image, scale, box, size, interpolation):
     """Resample ``box`` (full-resolution coordinates) of an image decoded at 1/scale to
-    ``size`` (h, w); returns a uint8 HWC array. ``origin`` is where the decoded image's
-    top-left pixel sits in full-resolution coordinates (not 0 for a decoded region).
+    ``size`` (h, w); returns a uint8 HWC array.
 
     PIL takes the box in fractional pixels, so the sampling grid lands exactly where it
     would on the full-resolution image; rounding the box to whole decoded pixels instead
     shifts it by up to scale/2 original pixels, a visible misalignment on sharp edges.
     """
-    left, top, right, bottom = ((v - origin[i % 2]) / scale for i, v in enumerate(box))
+    left, top, right, bottom = (v / scale for v in box)
     box = (left, top, min(right, image.size[0]), min(bottom, image.size[1]))
     resample = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
     out = image.resize((size[1], size[0]), resample, box=box)
     return np.array(out, dtype=np.uint8, copy=True)
 
 
-def roi_decode_crop(library, data, shape, box, size):
-    """Decode only what the crop ``box`` = (top, left, h, w) of a JPEG of ``shape`` (H, W) needs:
-    (HWC uint8 region, scale, (x0, y0)), or None when the region decoder declines.
-
-    At scale 1 the region is exactly the crop. When the crop is large enough for DCT-domain
-    downscaling (see DCT_REDUCING_GAP) it is decoded at 1/scale and widened to whole decoded
-    pixels; (x0, y0) is then its top-left corner in full-resolution pixels.
-    """
-    decoder = jpeg_roi.open_decoder(library)
+def roi_decode_crop(data, box):
+    """Decode only the crop ``box`` = (top, left, h, w) of a colour or grayscale JPEG (jpeg_roi):
+    an HWC uint8 array bit-identical to the same crop of a full decode, or None when the region
+    decoder declines (the caller then decodes in full)."""
     top, left, h, w = box
-    scale = _dct_scale(min(h, w), size)
-    if scale == 1:
-        region = decoder.decode(data, left, top, w, h)
-        return None if region is None else (region, 1, (left, top))
-    # libjpeg's scaled size is ceil(W / scale) x ceil(H / scale).
-    scaled_h, scaled_w = -(-shape[0] // scale), -(-shape[1] // scale)
-    x0, y0 = left // scale, top // scale
-    x1, y1 = min(scaled_w, -(-(left + w) // scale)), min(scaled_h, -(-(top + h) // scale))
-    region = decoder.decode(data, x0, y0, x1 - x0, y1 - y0, scale)
-    return None if region is None else (region, scale, (x0 * scale, y0 * scale))
+    return jpeg_roi.open_decoder().decode(data, left, top, w, h)
 
 
-def _roi_crop_resize(library, data, shape, box, size, interpolation):
-    """The crop ``box`` resized to size x size from a region decode; None when the region decoder
-    declines (the caller then decodes in full). At scale 1 this equals crop-then-resize of a full
-    decode; at reduced scale PIL resamples the fractional box, as _resize_reduced does for a whole
-    reduced image."""
-    decoded = roi_decode_crop(library, data, shape, box, size)
-    if decoded is None:
+def _roi_crop_resize(data, box, size, interpolation):
+    """The crop ``box`` resized to size x size from a region decode, equal to crop-then-resize of
+    a full decode; None when the region decoder declines."""
+    region = roi_decode_crop(data, box)
+    if region is None:
         return None
-    region, scale, origin = decoded
-    if scale == 1:
-        return resize_uint8(_hwc_to_chw(region), (size, size), interpolation)
-    top, left, h, w = box
-    array = _resize_reduced(Image.fromarray(region), scale, (left, top, left + w, top + h), (size, size),
-                            interpolation, origin=origin)
-    return _hwc_to_chw(array)
+    return resize_uint8(_hwc_to_chw(region), (size, size), interpolation)
 
 
 def _open_for_crop(data, path):
@@ -413,8 +391,8 @@ class FastTrainTransform:
     Random draws (crop, then flip) match the reference pipeline's, so with the same seed
     both produce the same crop of the same image. With ``roi_library`` only the crop's
     region of a colour or grayscale JPEG is decoded (jpeg_roi.py). Crops at least 3x (6x,
-    12x) the output size are decoded at 1/2 (1/4, 1/8) scale directly by libjpeg (see
-    DCT_REDUCING_GAP).
+    12x) the output size are instead decoded whole at 1/2 (1/4, 1/8) scale directly by
+    libjpeg (see DCT_REDUCING_GAP).
     """
 
     def __init__(self, *, crop_size, interpolation="bilinear", hflip_prob=0.5, scale=(0.08, 1.0),
@@ -424,8 +402,8 @@ class FastTrainTransform:
         self.hflip_prob = _check_prob("hflip_prob", hflip_prob)
         self.scale = _check_range("scale", scale)
         self.ratio = _check_range("ratio", ratio)
-        # The built region decoder (jpeg_roi.prepare), or None to decode whole images. A path, not a
-        # handle: the transform is pickled into the DataLoader workers.
+        # The region decoder's name (jpeg_roi.prepare), or None to decode whole images. A name, not a
+        # handle: the transform is pickled into the DataLoader workers, which open their own decoder.
         self.roi_library = roi_library
 
     def __call__(self, data, path):
@@ -433,12 +411,12 @@ class FastTrainTransform:
         top, left, h, w = sample_crop_params(height, width, self.scale, self.ratio)
         flip = _draw_flip(self.hflip_prob)
         size = self.crop_size
+        scale = _dct_scale(min(h, w), size) if image is None else 1
         out = None
-        if image is None and self.roi_library is not None:
-            out = _roi_crop_resize(self.roi_library, data, (height, width), (top, left, h, w), size,
-                                   self.interpolation)
+        if image is None and scale == 1 and self.roi_library is not None:
+            out = _roi_crop_resize(data, (top, left, h, w), size, self.interpolation)
         if out is None:
-            reduced = _load_reduced_jpeg(data, _dct_scale(min(h, w), size)) if image is None else None
+            reduced = _load_reduced_jpeg(data, scale) if image is None else None
             if reduced is not None:
                 array = _resize_reduced(*reduced, (left, top, left + w, top + h), (size, size), self.interpolation)
                 out = _hwc_to_chw(array)

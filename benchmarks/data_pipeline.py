@@ -152,10 +152,10 @@ class DecodeOnly:
         transforms = _transforms()
         height, width, image = transforms._open_for_crop(data, path)
         box = transforms.sample_crop_params(height, width)
-        if image is None and self.roi_library is not None:
-            decoded = transforms.roi_decode_crop(self.roi_library, data, (height, width), box, self.crop_size)
-            if decoded is not None:
-                return torch.from_numpy(decoded[0][0, 0].copy())  # a token result, so that batches still stack
+        if image is None and self.roi_library is not None and transforms._dct_scale(min(box[2:]), self.crop_size) == 1:
+            region = transforms.roi_decode_crop(data, box)
+            if region is not None:
+                return torch.from_numpy(region[0, 0].copy())  # a token result, so that batches still stack
         if image is None:
             image = transforms._full_jpeg(data, path, height, width)
         return image[:, 0, 0]
