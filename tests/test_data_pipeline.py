@@ -78,9 +78,18 @@ def test_too_small_dataset_for_one_global_batch_is_a_clear_error(folder):
 
 def test_pipeline_benchmark_generates_its_images_with_the_project_generator(tmp_path):
     """benchmarks/data_pipeline.py without --data: ImageNet-like files from scripts/make_demo_data.py."""
-    import importlib.util
-
     from PIL import Image
+
+    paths = _pipeline_benchmark().generate_images(str(tmp_path), 5, seed=3)
+    assert len(paths) == len(set(paths)) == 5
+    for path in paths:
+        with Image.open(path) as im:
+            assert im.format == "JPEG" and max(im.size) == 500 and min(im.size) == 375
+    assert os.path.isfile(tmp_path / "photos" / ".demo_complete.json")
+
+
+def _pipeline_benchmark():
+    import importlib.util
 
     from conftest import REPO
 
@@ -88,9 +97,53 @@ def test_pipeline_benchmark_generates_its_images_with_the_project_generator(tmp_
                                                   os.path.join(REPO, "benchmarks", "data_pipeline.py"))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    paths = bench.generate_images(str(tmp_path), 5, seed=3)
-    assert len(paths) == len(set(paths)) == 5
-    for path in paths:
-        with Image.open(path) as im:
-            assert im.format == "JPEG" and max(im.size) == 500 and min(im.size) == 375
-    assert os.path.isfile(tmp_path / "photos" / ".demo_complete.json")
+    return bench
+
+
+def _run_pipeline_benchmark(tmp_path, *extra):
+    """benchmarks/data_pipeline.py on 8 tiny JPEGs (one grayscale), one round, no DataLoader part."""
+    from test_transforms import jpeg_bytes
+
+    for i in range(8):
+        folder = tmp_path / "data" / f"class{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"img{i}.JPEG").write_bytes(jpeg_bytes(40, 56, seed=i, mode="L" if i == 3 else "RGB"))
+    threads = torch.get_num_threads()
+    try:
+        return _pipeline_benchmark().main(["--data", str(tmp_path / "data"), "--num-images", "8", "--batch-size", "4",
+                                           "--rounds", "2", "--crop-size", "24", "--workers", "0", *extra])
+    finally:
+        torch.set_num_threads(threads)  # the script pins one thread for its measurement
+
+
+def test_pipeline_benchmark_without_dali_says_why_and_profiles_ours(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # as where DALI is not installed
+    affinity = os.sched_getaffinity(0)
+    result = _run_pipeline_benchmark(tmp_path, "--profile")
+    out = capsys.readouterr().out
+    assert os.sched_getaffinity(0) == affinity  # pinned to one core for the rounds only
+    assert result["dali"] is False and result["dali_skipped"].startswith("DALI is not installed")
+    assert "pip install nvidia-dali-cuda130" in result["dali_skipped"]
+    lines = out.splitlines()
+    assert any(line.startswith("reference (torchvision preset, PIL)") for line in lines)
+    ours = next(line for line in lines if line.startswith("ours (FastTrainTransform + normalize)"))
+    assert f"{result['ratio_cpu']:.2f}x the reference" in ours
+    assert any(line.startswith("DALI CPU") and "skipped: DALI is not installed" in line for line in lines)
+    assert result["reference_img_per_cpu_s"] > 0 and result["fast_img_per_cpu_s"] > 0
+    assert len(result["ratio_cpu_per_round"]) == 2
+    profile = result["profile"]
+    assert profile[0].startswith("cProfile of ours, 8 images") and len(profile) > 3
+    assert "\n".join(profile) in out
+
+
+def test_pipeline_benchmark_measures_dali_side_by_side(tmp_path, capsys):
+    pytest.importorskip("nvidia.dali", reason="DALI is not installed (pip install nvidia-dali-cuda130); it is "
+                                              "not a dependency")
+    result = _run_pipeline_benchmark(tmp_path)
+    out = capsys.readouterr().out
+    assert result["dali"] is True and result["dali_img_per_cpu_s"] > 0
+    assert len(result["ratio_cpu_vs_dali_per_round"]) == 2 and result["ratio_cpu_vs_dali"] > 0
+    dali = next(line for line in out.splitlines() if line.startswith("DALI CPU (image_random_crop, 1 thread)"))
+    assert f"ours {result['ratio_cpu_vs_dali']:.2f}x DALI" in dali
