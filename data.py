@@ -10,6 +10,7 @@ With --decode-device cuda the workers only read file bytes and sample crop param
 batches on the GPU (nvJPEG), cropped, resized and flipped there. The same code runs with the CPU as the device.
 """
 
+import dataclasses
 import hashlib
 import multiprocessing
 import os
@@ -55,6 +56,7 @@ class DataConfig:
     prefetch_factor: int = 2
     pin_memory: bool = False  # page-locked host batches: only copies to an accelerator gain from them
     endless: bool = False  # benchmarks: the train loader runs epoch after epoch in one pass (sampler.EndlessSampler)
+    train_sizes: tuple = ()  # progressive resizing: every training crop size the run uses (Loaders.set_train_size)
 
 
 @dataclass
@@ -65,6 +67,37 @@ class Loaders:
     classes: list
     roi_decode: bool = False  # whether training JPEGs are decoded crop region only
     decode_note: str | None = None  # one line for the log: which JPEG decode the fast backend uses and why
+
+    def set_train_size(self, size: int) -> None:
+        """Progressive resizing: the training crop size of the coming epoch (call before iterating it)."""
+        transform = self.train.dataset.transform
+        if isinstance(transform, ResolutionSwitch):
+            transform.select(size)
+        elif getattr(transform, "crop_size", size) != size:
+            raise ValueError(f"the train loader was built for crops of {transform.crop_size} px, not {size}")
+
+
+class ResolutionSwitch:
+    """One training transform per crop size of a progressive-resizing run, and the size in use, kept in shared
+    memory: DataLoader workers (persistent, forked or spawned) read it for every sample, so the main process
+    switches sizes between epochs without restarting them. Set it before an epoch's iterator is created, which
+    is when persistent workers are handed that epoch's indices."""
+
+    def __init__(self, by_size: dict):
+        self.by_size = by_size
+        self.current = multiprocessing.RawValue("i", min(by_size))
+
+    @property
+    def crop_size(self) -> int:
+        return self.current.value
+
+    def select(self, size: int) -> None:
+        if size not in self.by_size:
+            raise ValueError(f"no training transform for crops of {size} px (built for {sorted(self.by_size)})")
+        self.current.value = size
+
+    def __call__(self, data: bytes, path: str):
+        return self.by_size[self.current.value](data, path)
 
 
 class _PresetOnBytes:
@@ -118,7 +151,12 @@ def collate_encoded(batch):
 
 def build_transforms(cfg: DataConfig, train: bool, roi_library: str | None = None):
     """The per-sample transform for a split, for the chosen backend (one if/elif, a ValueError otherwise).
-    ``roi_library`` is the built region decoder (see resolve_roi_decode) for the fast training transform."""
+    ``roi_library`` is the built region decoder (see resolve_roi_decode) for the fast training transform.
+    With several training sizes (progressive resizing) it is a ResolutionSwitch over one transform per size."""
+    sizes = sorted(set(cfg.train_sizes))
+    if train and len(sizes) > 1 and not cfg.decode_on_device:  # device decode crops on the device (DeviceLoader)
+        return ResolutionSwitch({size: build_transforms(dataclasses.replace(cfg, train_crop_size=size, train_sizes=()),
+                                                        True, roi_library) for size in sizes})
     interp = presets.InterpolationMode(cfg.interpolation)
     if cfg.decode_on_device:
         if train:
@@ -238,6 +276,11 @@ class DeviceLoader:
 
     def __len__(self):
         return len(self.loader)
+
+    def set_crop_size(self, size: int) -> None:
+        """Progressive resizing with device decode: the decoder crops and resizes on the device."""
+        if self.decoder is not None:
+            self.decoder.crop_size = size
 
     def _prepare(self, batch):
         images, targets, n_bad = batch

@@ -74,6 +74,8 @@ RECORD_SCHEMA = (
     Field("eta_s", "float", "estimated seconds until all planned epochs are done.", tensorboard="perf/eta_s"),
     Field("global_step", "int", "optimizer steps done since the start of training (across resumes).",
           tensorboard="train/global_step"),
+    Field("train_res", "int", "the epoch's training crop size in pixels (changes with progressive resizing).",
+          tensorboard="data/train_res"),
 )
 
 # OUTPUT/summary.json, in this order. Missing data stays null: nothing is estimated or filled in.
@@ -101,6 +103,8 @@ SUMMARY_SCHEMA = (
     Field("batch_size_per_process", "int", "batch size of one process.", "run_info"),
     Field("global_batch", "int", "batch_size_per_process x world_size (x accumulation steps).", "run_info"),
     Field("precision", "str", '"fp32", "amp_fp16" or "amp_bf16".', "run_info"),
+    Field("tf32", "bool", "whether float32 convolutions and matmuls ran in TF32 (--tf32; NVIDIA Ampere and later, "
+          "where an fp32 run is TF32 by default); null off NVIDIA GPUs.", "run_info"),
     Field("memory_format", "str", '"channels_last" or "contiguous".', "run_info"),
     Field("mean_imgs_per_sec", "float", "mean of the per-epoch imgs_per_sec (global, all ranks).", "derived"),
     Field("peak_mem_gb_per_card", "float", "max over epochs of peak_mem_gb (GiB); null on CPU.", "derived"),

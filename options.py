@@ -22,7 +22,9 @@ import utils
 EXIT_BAD_INPUT = 2
 # max-autotune benchmarks kernels on every rank for many minutes; a rank that finishes first waits in a collective.
 COMPILE_DIST_TIMEOUT_MIN = 120.0
-OPTIMIZERS = ("sgd", "sgd_nesterov", "rmsprop", "adamw")
+OPTIMIZERS = ("sgd", "sgd_nesterov", "rmsprop", "adamw", "lars")
+# FFCV's ResNet-50 configurations (rn50_configs/rn50_{epochs}_epochs.yaml): epochs -> (start_ramp, end_ramp).
+FFCV_RES_RAMPS = {16: (11, 13), 24: (17, 20), 32: (23, 27), 40: (29, 34), 56: (41, 48), 88: (65, 76)}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -103,6 +105,16 @@ def add_data_args(g):
     g.add_argument("--val-resize-size", default=256, type=POSITIVE_INT, help="the resize size used for validation")
     g.add_argument("--val-crop-size", default=224, type=POSITIVE_INT, help="the central crop size used for validation")
     g.add_argument("--train-crop-size", default=224, type=POSITIVE_INT, help="the random crop size used for training")
+    g.add_argument("--min-res", default=None, type=POSITIVE_INT,
+                   help="progressive resizing (FFCV): train crops of this size up to the ramp's first epoch ...")
+    g.add_argument("--max-res", default=None, type=POSITIVE_INT,
+                   help="... and of this size from its last; in between linear, rounded to a multiple of 32 "
+                        "(replaces --train-crop-size)")
+    g.add_argument("--res-ramp", default=None, type=COUNT, nargs=2, metavar=("E0", "E1"),
+                   help="the ramp's first and last epoch (default: FFCV's for 16/24/32/40/56/88 epochs, else "
+                        "72%% and 85%% of --epochs)")
+    g.add_argument("--val-flip-tta", action="store_true",
+                   help="evaluate on the mean of the logits of each image and its mirror")
     g.add_argument("--auto-augment", default=None, type=str.lower, choices=presets.AUTO_AUGMENT_POLICIES,
                    help="auto augment policy")
     g.add_argument("--ra-magnitude", default=9, type=COUNT, help="magnitude of auto augment policy")
@@ -126,6 +138,9 @@ def add_model_args(g):
     g.add_argument("--opt", default="sgd", type=str.lower, choices=OPTIMIZERS, help="optimizer")
     g.add_argument("--lr", default=0.1, type=POSITIVE, help="initial learning rate")
     g.add_argument("--momentum", default=0.9, type=number(float, 0, 1, high_open=True), metavar="M", help="momentum")
+    g.add_argument("--lars-trust-coefficient", default=0.001, type=POSITIVE, metavar="ETA",
+                   help="--opt lars: the trust coefficient eta of the layer-wise ratio (MLPerf: 0.001)")
+    g.add_argument("--lars-eps", default=0.0, type=NON_NEGATIVE, help="--opt lars: epsilon in the ratio's denominator")
     g.add_argument("--wd", "--weight-decay", default=1e-4, type=NON_NEGATIVE, metavar="W", dest="weight_decay",
                    help="weight decay")
     g.add_argument("--norm-weight-decay", default=None, type=NON_NEGATIVE, help="weight decay for normalization layers")
@@ -142,7 +157,9 @@ def add_model_args(g):
                    help="the decay for lr in warmup")
     g.add_argument("--lr-step-size", default=30, type=POSITIVE_INT, help="decrease lr every step-size epochs")
     g.add_argument("--lr-gamma", default=0.1, type=POSITIVE, help="decrease lr by a factor of lr-gamma")
-    g.add_argument("--lr-min", default=0.0, type=NON_NEGATIVE, help="minimum lr of the cosine schedule")
+    g.add_argument("--lr-min", default=0.0, type=NON_NEGATIVE,
+                   help="the lr that cosineannealinglr, poly and linear reach at the end of the run")
+    g.add_argument("--lr-power", default=2.0, type=POSITIVE, help="--lr-scheduler poly: the polynomial's power")
     g.add_argument("--clip-grad-norm", default=None, type=POSITIVE, help="the maximum gradient norm")
     g.add_argument("--sync-bn", action="store_true",
                    help="use synchronized BatchNorm across processes (costs a host synchronization per BatchNorm "
@@ -150,6 +167,8 @@ def add_model_args(g):
     g.add_argument("--amp", action="store_true", help="automatic mixed precision (bfloat16 autocast on CPU)")
     g.add_argument("--amp-dtype", default=None, choices=["float16", "bfloat16"],
                    help="autocast dtype (default float16 on CUDA, with GradScaler; bfloat16 on CPU)")
+    g.add_argument("--zero-init-residual", action="store_true",
+                   help="start the last BatchNorm of each residual block at zero (torchvision's zero_init_residual)")
     g.add_argument("--channels-last", action="store_true", help="NHWC memory format for the model and the input")
     g.add_argument("--tf32", default="on", choices=["on", "off"],
                    help="NVIDIA Ampere and later: float32 convolutions and matmuls in TF32 (on, PyTorch's default for "
@@ -211,6 +230,12 @@ def validate_args(args) -> None:
         raise ConfigError("--sync-bn needs an accelerator (SyncBatchNorm does not run on the CPU); drop it for CPU runs")
     if args.amp and args.amp_dtype == "float16" and device.type == "cpu":
         raise ConfigError("--amp-dtype float16 needs an accelerator; on CPU --amp uses bfloat16")
+    if (args.min_res is None) != (args.max_res is None):
+        raise ConfigError("progressive resizing needs both --min-res and --max-res")
+    if args.min_res is not None and args.min_res > args.max_res:
+        raise ConfigError(f"--min-res {args.min_res} is larger than --max-res {args.max_res}")
+    if args.res_ramp is not None and (args.min_res is None or args.res_ramp[0] > args.res_ramp[1]):
+        raise ConfigError("--res-ramp E0 E1 needs --min-res/--max-res and E0 <= E1")
     if args.test_only and not (args.resume or args.weights):
         raise ConfigError("--test-only needs a model: pass --resume PATH (or --weights)")
     if args.resume and args.resume != "auto" and not os.path.isfile(args.resume):
@@ -235,3 +260,20 @@ def dist_timeout_minutes(args) -> float:
     if args.compile and "max-autotune" in args.compile_mode:
         return max(args.dist_timeout, COMPILE_DIST_TIMEOUT_MIN)
     return args.dist_timeout
+
+
+def resolution_ramp(args) -> tuple[int, int] | None:
+    """--res-ramp, or FFCV's ramp for the run's epochs, or None without progressive resizing."""
+    if args.min_res is None:
+        return None
+    if args.res_ramp is not None:
+        return tuple(args.res_ramp)
+    return FFCV_RES_RAMPS.get(args.epochs, (round(0.72 * args.epochs), round(0.85 * args.epochs)))
+
+
+def train_sizes(args) -> list[int]:
+    """The training crop size of every epoch (all the same without progressive resizing)."""
+    ramp = resolution_ramp(args)
+    if ramp is None:
+        return [args.train_crop_size] * args.epochs
+    return [utils.train_resolution(epoch, args.min_res, args.max_res, *ramp) for epoch in range(args.epochs)]

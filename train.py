@@ -34,6 +34,7 @@ import jpeg_roi
 import metrics
 import transforms
 import utils
+import options
 from options import EXIT_BAD_INPUT, ConfigError, dist_timeout_minutes, get_args_parser, run_device, validate_args
 
 EXIT_NONFINITE = 3
@@ -63,12 +64,16 @@ def precision_name(amp_dtype) -> str:
 # Builders
 # ------------------------------------------------------------------------------------------------------------
 def build_model(name: str, weights: str | None, num_classes: int, *, channels_last: bool, device: torch.device,
-                sync_bn_group=None) -> nn.Module:
-    """The torchvision model on `device`; with `sync_bn_group`, BatchNorm layers synchronize over that group."""
+                sync_bn_group=None, zero_init_residual: bool = False) -> nn.Module:
+    """The torchvision model on `device`; with `sync_bn_group`, BatchNorm layers synchronize over that group.
+    `zero_init_residual` starts each residual block as the identity (Goyal et al. 2017), as torchvision's ResNets
+    offer; the architecture is unchanged, so checkpoints load into torchvision.models.resnet50 as they are."""
+    extra = {"zero_init_residual": True} if zero_init_residual else {}
     try:
-        model = torchvision.models.get_model(name, weights=weights, num_classes=num_classes)
-    except ValueError as e:
-        raise ConfigError(f"--model {name} / --weights {weights}: {e}") from e
+        model = torchvision.models.get_model(name, weights=weights, num_classes=num_classes, **extra)
+    except (ValueError, TypeError) as e:
+        what = " with --zero-init-residual" if extra else ""
+        raise ConfigError(f"--model {name} / --weights {weights}{what}: {e}") from e
     if sync_bn_group is not None:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=sync_bn_group)
     model.to(device)
@@ -78,7 +83,11 @@ def build_model(name: str, weights: str | None, num_classes: int, *, channels_la
 
 
 def build_optimizer(model: nn.Module, *, opt: str, lr: float, momentum: float, weight_decay: float,
-                    norm_weight_decay, bias_weight_decay, transformer_embedding_decay, device: torch.device):
+                    norm_weight_decay, bias_weight_decay, transformer_embedding_decay, device: torch.device,
+                    lars_trust_coefficient: float = 0.001, lars_eps: float = 0.0):
+    if opt == "lars":  # its own groups: BatchNorm and bias without weight decay or the trust ratio (MLPerf)
+        return utils.LARS(utils.lars_param_groups(model, weight_decay), lr=lr, momentum=momentum,
+                          weight_decay=weight_decay, trust_coefficient=lars_trust_coefficient, eps=lars_eps)
     custom_keys = []
     if bias_weight_decay is not None:
         custom_keys.append(("bias", bias_weight_decay))
@@ -96,7 +105,7 @@ def build_optimizer(model: nn.Module, *, opt: str, lr: float, momentum: float, w
                                    **({"foreach": True} if fast else {}))
     if opt == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **fast)
-    raise ConfigError(f"--opt {opt!r} is not supported; choose sgd, sgd_nesterov, rmsprop or adamw")
+    raise ConfigError(f"--opt {opt!r} is not supported; choose sgd, sgd_nesterov, rmsprop, adamw or lars")
 
 
 def build_lr_schedule(args, iters_per_epoch: int) -> utils.LRSchedule:
@@ -104,7 +113,7 @@ def build_lr_schedule(args, iters_per_epoch: int) -> utils.LRSchedule:
         name=args.lr_scheduler, epochs=args.epochs, iters_per_epoch=iters_per_epoch,
         warmup_epochs=args.lr_warmup_epochs, warmup_method=args.lr_warmup_method,
         warmup_decay=args.lr_warmup_decay, step_size=args.lr_step_size, gamma=args.lr_gamma,
-        lr_min=args.lr_min, base_lr=args.lr,
+        lr_min=args.lr_min, base_lr=args.lr, power=args.lr_power,
     )
 
 
@@ -125,7 +134,8 @@ def data_config(args, device: torch.device, dist_info: utils.DistInfo, *, endles
     same_names = {f.name: getattr(args, f.name) for f in dataclasses.fields(data.DataConfig) if hasattr(args, f.name)}
     workers = args.workers if args.workers is not None else datasets.default_workers(dist_info.local_world_size)
     return data.DataConfig(**{**same_names, "workers": workers}, decode_on_device=args.decode_device == "cuda",
-                           pin_memory=accelerator.pin_memory(device), endless=endless)
+                           pin_memory=accelerator.pin_memory(device), endless=endless,
+                           train_sizes=tuple(sorted(set(options.train_sizes(args)))))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -209,12 +219,14 @@ def build_run(args, device: torch.device, dist_info: utils.DistInfo, log, *, wit
             log(loaders.decode_note)
         num_classes = len(loaders.classes)
     model = build_model(args.model, args.weights, num_classes, channels_last=args.channels_last, device=device,
-                        sync_bn_group=dist_info.device_group if args.sync_bn and dist_info.distributed else None)
+                        sync_bn_group=dist_info.device_group if args.sync_bn and dist_info.distributed else None,
+                        zero_init_residual=args.zero_init_residual)
     amp_dtype, use_scaler = resolve_precision(args, device)
     optimizer = build_optimizer(model, opt=args.opt, lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay, norm_weight_decay=args.norm_weight_decay,
                                 bias_weight_decay=args.bias_weight_decay,
-                                transformer_embedding_decay=args.transformer_embedding_decay, device=device)
+                                transformer_embedding_decay=args.transformer_embedding_decay, device=device,
+                                lars_trust_coefficient=args.lars_trust_coefficient, lars_eps=args.lars_eps)
     model_ema = None
     if args.model_ema:
         model_ema = build_ema(model, world_size=dist_info.world_size, batch_size=args.batch_size,
@@ -222,7 +234,9 @@ def build_run(args, device: torch.device, dist_info: utils.DistInfo, log, *, wit
                               device=device)
     train_model = wrap_ddp(model, device, dist_info.device_group) if dist_info.distributed else model
     if args.compile:
-        train_model = torch.compile(train_model, mode=args.compile_mode)
+        # Static shapes: one compilation per training crop size (progressive resizing has a few), each as fast
+        # as a fixed-size run's, instead of a slower dynamic-shape graph after the first size change.
+        train_model = torch.compile(train_model, mode=args.compile_mode, dynamic=False)
     steps = len(loaders.train) if loaders is not None and loaders.train is not None and not endless else 0
     if args.max_steps_per_epoch:
         steps = min(steps, args.max_steps_per_epoch)
@@ -283,7 +297,8 @@ def run_training(args, run: Run, log) -> int:
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     val_loader = run.device_loader(train=False)
     if args.test_only:
-        stats = evaluate(run.model, criterion, val_loader, device, autocast=run.autocast, dist_info=dist_info)
+        stats = evaluate(run.model, criterion, val_loader, device, autocast=run.autocast, dist_info=dist_info,
+                         flip_tta=args.val_flip_tta)
         log(f"Test: Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} ({stats['count']} images)")
         return 0
 
@@ -320,10 +335,16 @@ def train_epochs(args, run: Run, train_step, criterion, val_loader, progress, ma
     """Alternate training and evaluation from the run's position to the last epoch; a checkpoint after each
     epoch. Returns the run's status: finished, target_reached or preempted."""
     train_loader = run.device_loader(train=True)
+    sizes = options.train_sizes(args)
     for epoch in range(progress.epoch, args.epochs):
         epoch_start = time.perf_counter()
         run.loaders.train_sampler.set_epoch(epoch)
         run.loaders.train_sampler.set_start_batch(progress.step)
+        if epoch == progress.epoch or sizes[epoch] != sizes[epoch - 1]:  # progressive resizing
+            run.loaders.set_train_size(sizes[epoch])
+            train_loader.set_crop_size(sizes[epoch])
+            if len(set(sizes)) > 1:
+                log(f"Epoch {epoch}: training crops of {sizes[epoch]} px")
 
         def save_mid_epoch(step, epoch=epoch):
             progress.epoch, progress.step = epoch, step
@@ -333,6 +354,7 @@ def train_epochs(args, run: Run, train_step, criterion, val_loader, progress, ma
             train_step, train_loader, run.device, epoch, start_step=progress.step, num_steps=run.steps_per_epoch,
             print_freq=args.print_freq, global_batch=run.global_batch, dist_info=run.dist_info, log=log, stop=stop,
             checkpoint_interval=args.checkpoint_interval, save_mid_epoch=save_mid_epoch, run=progress)
+        train_stats["train_res"] = sizes[epoch]
         if train_stats["stopped"]:
             save_mid_epoch(train_stats["steps_done"])
             log(f"preempted by signal {stop.flag.signum}: checkpoint saved at epoch {epoch} step "
@@ -341,7 +363,8 @@ def train_epochs(args, run: Run, train_step, criterion, val_loader, progress, ma
         val_stats = ema_stats = None
         if (epoch + 1) % args.eval_interval == 0 or epoch == args.epochs - 1:
             val_stats, ema_stats = evaluate_model_and_ema(run.model, run.model_ema, criterion, val_loader, run.device,
-                                                          autocast=run.autocast, dist_info=run.dist_info, log=log)
+                                                          autocast=run.autocast, dist_info=run.dist_info, log=log,
+                                                          flip_tta=args.val_flip_tta)
         is_best = val_stats is not None and val_stats["acc1"] > progress.best_acc1
         if is_best:
             progress.best_acc1 = val_stats["acc1"]
@@ -365,13 +388,16 @@ def train_epochs(args, run: Run, train_step, criterion, val_loader, progress, ma
     return "finished"
 
 
-def evaluate_model_and_ema(model, model_ema, criterion, val_loader, device, *, autocast, dist_info, log):
+def evaluate_model_and_ema(model, model_ema, criterion, val_loader, device, *, autocast, dist_info, log,
+                           flip_tta=False):
     """(model's validation stats, EMA model's or None), each logged as a Test: line."""
-    val_stats = evaluate(model, criterion, val_loader, device, autocast=autocast, dist_info=dist_info)
+    val_stats = evaluate(model, criterion, val_loader, device, autocast=autocast, dist_info=dist_info,
+                         flip_tta=flip_tta)
     log(f"Test: Acc@1 {val_stats['acc1']:.3f} Acc@5 {val_stats['acc5']:.3f}")
     if model_ema is None:
         return val_stats, None
-    ema_stats = evaluate(model_ema.module, criterion, val_loader, device, autocast=autocast, dist_info=dist_info)
+    ema_stats = evaluate(model_ema.module, criterion, val_loader, device, autocast=autocast, dist_info=dist_info,
+                         flip_tta=flip_tta)
     log(f"Test: EMA Acc@1 {ema_stats['acc1']:.3f} Acc@5 {ema_stats['acc5']:.3f}")
     return val_stats, ema_stats
 
@@ -552,7 +578,9 @@ def train_one_epoch(train_step: TrainStep, data_loader, device, epoch, *, start_
 # ------------------------------------------------------------------------------------------------------------
 # Evaluation: every validation image exactly once, at any world size
 # ------------------------------------------------------------------------------------------------------------
-def evaluate(model, criterion, data_loader, device, *, autocast, dist_info) -> dict:
+def evaluate(model, criterion, data_loader, device, *, autocast, dist_info, flip_tta: bool = False) -> dict:
+    """Loss and top-1/top-5 over the validation set; `flip_tta` scores the mean logits of each image and its
+    mirror (FFCV's test-time augmentation)."""
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct1 = torch.zeros((), dtype=torch.int64, device=device)
@@ -562,6 +590,8 @@ def evaluate(model, criterion, data_loader, device, *, autocast, dist_info) -> d
         for images, target, _ in data_loader:
             with autocast():
                 output = model(images)
+                if flip_tta:
+                    output = (output + model(images.flip(-1))) / 2
                 loss = criterion(output, target)
             c1, c5 = utils.accuracy_counts(output, target, topk=(1, 5))
             loss_sum += loss.double() * images.shape[0]
@@ -597,6 +627,7 @@ def epoch_record(epoch, train_stats, val_stats, ema_stats, peak_mem_gb, progress
         "bad_images": train_stats["bad_images"],
         "eta_s": mean_epoch * remaining_epochs,
         "global_step": progress.global_step,
+        "train_res": train_stats["train_res"],
     }
 
 
@@ -610,6 +641,7 @@ def build_summary(args, records, progress, run: Run, power_reading, status) -> d
         "epochs_to_target": progress.epochs_to_target, "world_size": run.dist_info.world_size,
         "nnodes": run.dist_info.nnodes, "batch_size_per_process": args.batch_size, "global_batch": run.global_batch,
         "precision": precision_name(run.amp_dtype),
+        "tf32": args.tf32 == "on" if accelerator.is_nvidia(run.device) else None,
         "memory_format": "channels_last" if args.channels_last else "contiguous",
         "mean_power_w_per_card": mean_power, "power_note": power_note,
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),

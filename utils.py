@@ -373,20 +373,25 @@ def set_weight_decay(model: torch.nn.Module, weight_decay: float, norm_weight_de
 
 
 class LRSchedule:
-    """LR factor as a function of (epoch, step): warmup per iteration (Goyal et al. 2017, "Accurate, Large
-    Minibatch SGD"), then the main schedule with its per-epoch meaning, counted from the end of warmup as in
-    torchvision's reference (SequentialLR with milestone = warmup epochs)."""
+    """LR factor as a function of (epoch, step), so a resumed run gets exactly the lr it would have had.
 
-    NAMES = ("steplr", "cosineannealinglr", "exponentiallr")
+    Warmup is per iteration (Goyal et al. 2017, "Accurate, Large Minibatch SGD"). After it, steplr, exponentiallr
+    and cosineannealinglr keep their per-epoch meaning, counted from the end of warmup as in torchvision's
+    reference (SequentialLR with milestone = warmup epochs). poly and linear are per iteration and reach
+    `lr_min` at the last iteration of the run: poly is MLPerf's polynomial decay (`power` 2 there), linear is
+    FFCV's step-free ramp down (with a linear warmup to the peak before it)."""
+
+    NAMES = ("steplr", "cosineannealinglr", "exponentiallr", "poly", "linear")
     WARMUPS = ("linear", "constant")
 
     def __init__(self, *, name: str, epochs: int, iters_per_epoch: int, warmup_epochs: int = 0,
                  warmup_method: str = "constant", warmup_decay: float = 0.01, step_size: int = 30,
-                 gamma: float = 0.1, lr_min: float = 0.0, base_lr: float = 0.1):
-        # The names are checked once, by the command line's choices (train.get_args_parser).
+                 gamma: float = 0.1, lr_min: float = 0.0, base_lr: float = 0.1, power: float = 2.0):
+        # The names are checked once, by the command line's choices (options.py).
         self.name, self.epochs, self.iters = name, epochs, max(1, iters_per_epoch)
         self.warmup_epochs, self.warmup_method, self.warmup_decay = warmup_epochs, warmup_method, warmup_decay
         self.step_size, self.gamma, self.lr_min, self.base_lr = step_size, gamma, lr_min, base_lr
+        self.power = power
 
     def factor(self, epoch: int, step: int) -> float:
         if epoch < self.warmup_epochs:
@@ -400,8 +405,12 @@ class LRSchedule:
             return self.gamma ** (e // self.step_size)
         if self.name == "exponentiallr":
             return self.gamma ** e
-        t_max = max(1, self.epochs - self.warmup_epochs)
         ratio = self.lr_min / self.base_lr if self.base_lr else 0.0
+        if self.name in ("poly", "linear"):
+            last = max(1, (self.epochs - self.warmup_epochs) * self.iters - 1)  # iterations after warmup, minus one
+            left = 1.0 - min(1.0, (e * self.iters + step) / last)
+            return ratio + (1.0 - ratio) * left ** (self.power if self.name == "poly" else 1.0)
+        t_max = max(1, self.epochs - self.warmup_epochs)
         return ratio + (1.0 - ratio) * (1 + math.cos(math.pi * e / t_max)) / 2
 
     def apply(self, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> float:
@@ -410,3 +419,76 @@ class LRSchedule:
         for group in optimizer.param_groups:
             group["lr"] = self.base_lr * f  # --lr of this run, also after a resume
         return optimizer.param_groups[0]["lr"]
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise Adaptive Rate Scaling (You, Gitman and Ginsburg 2017), as the MLPerf ResNet-50 reference
+    applies it. For each parameter tensor w with gradient g:
+
+        trust = eta * ||w|| / (||g|| + wd * ||w|| + eps)    (1 when ||w|| or ||g|| is 0)
+        v     = momentum * v + lr * trust * (g + wd * w)
+        w     = w - v
+
+    Groups with `lars_adapt=False` (BatchNorm and bias parameters, whose weight decay is 0 too) skip the trust
+    ratio: plain momentum SGD. Everything stays on the device: no host synchronization per step."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                 trust_coefficient: float = 0.001, eps: float = 0.0):
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient,
+                        eps=eps, lars_adapt=True)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            wd, lr, momentum = group["weight_decay"], group["lr"], group["momentum"]
+            grads = [p.grad for p in params]
+            if group["lars_adapt"]:
+                # One fused kernel per list for the norms, instead of two launches per tensor.
+                w_norms = torch._foreach_norm(params)
+                g_norms = torch._foreach_norm(grads)
+            for i, (p, g) in enumerate(zip(params, grads)):
+                update = g.add(p, alpha=wd) if wd else g.clone()
+                if group["lars_adapt"]:
+                    w_norm, g_norm = w_norms[i], g_norms[i]
+                    trust = torch.where((w_norm > 0) & (g_norm > 0),
+                                        group["trust_coefficient"] * w_norm / (g_norm + wd * w_norm + group["eps"]),
+                                        torch.ones_like(w_norm))
+                    update.mul_(trust)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"]
+                buf.mul_(momentum).add_(update, alpha=lr)
+                p.sub_(buf)
+        return loss
+
+
+def lars_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """LARS groups as in the MLPerf reference: BatchNorm (any normalization layer) and bias parameters get neither
+    weight decay nor the trust ratio; every other tensor gets both."""
+    adapted, plain = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if p.requires_grad:
+                (plain if isinstance(module, NORM_CLASSES) or name == "bias" else adapted).append(p)
+    return [{"params": adapted, "weight_decay": weight_decay},
+            {"params": plain, "weight_decay": 0.0, "lars_adapt": False}]
+
+
+def train_resolution(epoch: int, min_res: int, max_res: int, start_ramp: int, end_ramp: int) -> int:
+    """Progressive resizing as FFCV's ImageNet recipes do it: `min_res` up to epoch `start_ramp`, `max_res` from
+    `end_ramp` on, and in between the linear interpolation rounded to a multiple of 32."""
+    if epoch <= start_ramp:
+        return min_res
+    if epoch >= end_ramp:
+        return max_res
+    interpolated = min_res + (max_res - min_res) * (epoch - start_ramp) / (end_ramp - start_ramp)
+    return int(round(interpolated / 32)) * 32

@@ -18,6 +18,13 @@
 #   MAX_RESTARTS    torchrun --max-restarts (default 3: train.py resumes from its newest
 #                   checkpoint with --resume auto, so a restart loses at most one epoch)
 #   PYTHON          interpreter, a single word (default python3)
+#
+# A recipe script may set, before calling launch_recipe (the 90-epoch step recipe is the default):
+#   RECIPE          array of train.py options replacing the default recipe (before the computed ones)
+#   LR_PER_256      lr per 256 images of global batch for the linear scaling rule (default 0.1)
+#   LR_FIXED        an lr that does not scale with the batch (LARS recipes), instead of LR_PER_256
+#   WARMUP_EPOCHS   warmup epochs (default: 5 when the global batch exceeds 256, else none)
+#   WARMUP_DECAY    the warmup's starting fraction of the lr (default 0.01)
 
 # Print one error line naming the launcher and exit with status 2 (usage error), so a
 # misconfigured job fails before any process or GPU is touched.
@@ -40,9 +47,9 @@ _launch_require_int() {
 # lr 0.1 at a global batch of 4,800 (16 x 300), which under-trains by ~19x; we do not copy
 # that. awk does the division because bash has only integers; %.10g keeps exact values
 # such as 0.109375 readable.
-# $1: global batch. Prints the lr.
+# $1: global batch, $2: lr per 256 images (default 0.1). Prints the lr.
 _launch_scaled_lr() {
-    awk -v batch="$1" 'BEGIN { printf "%.10g\n", 0.1 * batch / 256 }'
+    awk -v batch="$1" -v base="${2:-0.1}" 'BEGIN { printf "%.10g\n", base * batch / 256 }'
 }
 
 # Scan the user's train.py arguments for the options the launcher must know about.
@@ -136,21 +143,31 @@ launch_recipe() {
     batch=$((10#$batch))
     local global_batch=$((batch * nproc * nnodes))
 
-    local lr lr_note
+    local lr lr_note lr_per_256=${LR_PER_256:-0.1}
     if [[ -n $_user_lr ]]; then
         lr=$_user_lr
         lr_note="given"
+    elif [[ -n ${LR_FIXED:-} ]]; then
+        lr=$LR_FIXED
+        lr_note="the recipe's"
     else
-        lr=$(_launch_scaled_lr "$global_batch")
-        lr_note="0.1 x $global_batch / 256"
+        lr=$(_launch_scaled_lr "$global_batch" "$lr_per_256")
+        lr_note="$lr_per_256 x $global_batch / 256"
     fi
 
-    local -a recipe=(
-        --model resnet50
-        --epochs 90
-        --opt sgd --momentum 0.9 --wd 1e-4
-        --lr-scheduler steplr --lr-step-size 30 --lr-gamma 0.1
-        --backend fast
+    local -a recipe
+    if [[ -n ${RECIPE+set} ]]; then
+        recipe=("${RECIPE[@]}")
+    else
+        recipe=(
+            --model resnet50
+            --epochs 90
+            --opt sgd --momentum 0.9 --wd 1e-4
+            --lr-scheduler steplr --lr-step-size 30 --lr-gamma 0.1
+            --backend fast
+        )
+    fi
+    recipe+=(
         --resume auto
         --output-dir "output/$name"
         --batch-size "$batch"
@@ -158,10 +175,13 @@ launch_recipe() {
     )
     # Large batches diverge early at full lr without warmup (Goyal et al.); at 256 or less
     # the base lr is already small enough.
-    local warmup_note="none"
-    if ((global_batch > 256)); then
-        recipe+=(--lr-warmup-epochs 5 --lr-warmup-method linear --lr-warmup-decay 0.01)
-        warmup_note="5 epochs"
+    local warmup_note="none" warmup_epochs=${WARMUP_EPOCHS:-}
+    if [[ -z $warmup_epochs ]] && ((global_batch > 256)); then
+        warmup_epochs=5
+    fi
+    if [[ -n $warmup_epochs ]] && ((warmup_epochs > 0)); then
+        recipe+=(--lr-warmup-epochs "$warmup_epochs" --lr-warmup-method linear --lr-warmup-decay "${WARMUP_DECAY:-0.01}")
+        warmup_note="$warmup_epochs epochs"
     fi
     case $precision in
         fp32) ;;
