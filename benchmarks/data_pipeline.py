@@ -279,12 +279,12 @@ class one_core:
 
 
 def profile_side(side, blobs, paths, batch_size, top=12):
-    """cProfile of ``side`` over every blob once: the functions that take the most time of their own, as
-    lines of text."""
+    """cProfile of ``side`` over every blob once, in CPU time (time other processes take from this core
+    does not count): the functions that take the most time of their own, as lines of text."""
     import cProfile
     import pstats
 
-    profiler = cProfile.Profile()
+    profiler = cProfile.Profile(time.process_time)
     profiler.enable()
     for k, first in enumerate(range(0, len(blobs), batch_size)):
         torch.manual_seed(k)
@@ -293,7 +293,7 @@ def profile_side(side, blobs, paths, batch_size, top=12):
     stats = pstats.Stats(profiler).stats
     total = sum(row[2] for row in stats.values())
     rows = sorted(stats.items(), key=lambda item: -item[1][2])[:top]
-    lines = [f"cProfile of ours, {len(blobs)} images, {total * 1000 / len(blobs):.2f} ms per image (with the "
+    lines = [f"cProfile of ours, {len(blobs)} images, {total * 1000 / len(blobs):.2f} CPU ms per image (with the "
              "profiler's overhead), by time spent in the function itself:"]
     for (filename, line, name), (_, calls, own, cumulative, _) in rows:
         where = name if filename == "~" else f"{os.path.basename(filename)}:{line}({name})"
