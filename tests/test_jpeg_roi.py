@@ -230,11 +230,20 @@ def _env_with_repo(**extra):
 
 @pytest.fixture
 def without_nvimgcodec(monkeypatch):
-    """This process as on a machine where the wheel is not installed: its import fails."""
+    """This process as on a machine where the wheel is not installed: its import fails, and no decoder has
+    been opened yet."""
     monkeypatch.setitem(sys.modules, "nvidia.nvimgcodec", None)
+    monkeypatch.setattr(jpeg_roi, "_decoders", {})
+    jpeg_roi._full_decoder_for.cache_clear()
+    yield
+    jpeg_roi._full_decoder_for.cache_clear()
 
 
 def test_missing_nvimgcodec_falls_back_or_fails_by_mode(without_nvimgcodec):
+    data = jpeg_bytes(37, 45, seed=4, subsampling=2)
+    assert jpeg_roi.full_decoder() is None  # whole images are decoded by Pillow then
+    np.testing.assert_array_equal(transforms._decode_jpeg_full(data, "x.jpg").permute(1, 2, 0).numpy(),
+                                  pillow_decode(data))
     library, note = jpeg_roi.prepare("auto")
     assert library is None
     assert note.startswith("JPEG decode: whole images; region-of-interest decode is unavailable: nvImageCodec is "
