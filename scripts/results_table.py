@@ -82,6 +82,8 @@ def config_label(summary: dict) -> str:
     label = column_label(summary)
     if summary["precision"] == "amp_bf16":
         label = label.replace("AMP", "AMP(bf16)")
+    if summary["precision"] == "fp32" and summary.get("tf32") is True:
+        label = label.replace("FP32", "FP32(TF32)")  # an "fp32" run on Ampere or later is TF32 by default
     bs = summary.get("batch_size_per_process")
     return f"{summary['world_size']}x, {label}, bs {bs if bs is not None else 'n/a'}"
 
@@ -210,6 +212,27 @@ def convergence_table(runs: list[tuple[str, dict]]) -> str | None:
     return markdown_table(header, rows)
 
 
+def time_to_target_table(runs: list[tuple[str, dict]]) -> str | None:
+    """Table 3 text: one row per run with a target_acc, named by its folder (the launch scripts name theirs
+    after the recipe), in time-to-target order; None when no run has a target."""
+    rows = []
+    for run_dir, summary in runs:
+        target = number(summary.get("target_acc"))
+        if target is None:
+            continue
+        rows.append((number(summary.get("time_to_target_s")) or math.inf, [
+            os.path.basename(os.path.normpath(run_dir)), f"top-1 {target:g}%", config_label(summary),
+            str(summary.get("global_batch", "n/a")), str(summary.get("epochs_run", "n/a")),
+            fmt(summary.get("epochs_to_target"), ".0f"),
+            fmt_time(summary.get("time_to_target_s")), fmt(summary.get("best_acc1"), ".2f", "%"),
+        ]))
+    if not rows:
+        return None
+    header = ["Run", "Target", "Configuration", "Global batch", "Epochs run", "Epochs to target", "Time to target",
+              "Best Acc@1"]
+    return markdown_table(header, [row for _, row in sorted(rows, key=lambda r: r[0])])
+
+
 def render(runs: list[tuple[str, dict]], title: str | None) -> str:
     parts = []
     if title:
@@ -219,6 +242,9 @@ def render(runs: list[tuple[str, dict]], title: str | None) -> str:
     parts += ["### Convergence", ""]
     table2 = convergence_table(runs)
     parts += [table2 if table2 else "No run has a target_acc, so there is no convergence table.", ""]
+    table3 = time_to_target_table(runs)
+    if table3:
+        parts += ["### Time to target", "", table3, ""]
     parts.append("Figures from the summary.json of: " + ", ".join(run_dir for run_dir, _ in runs) + ".")
     return "\n".join(parts)
 

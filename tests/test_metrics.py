@@ -29,6 +29,7 @@ def make_record(epoch, **overrides):
         "bad_images": epoch,
         "eta_s": 3725.0,
         "global_step": 10 * (epoch + 1),
+        "train_res": 224,
     }
     record.update(overrides)
     return record
@@ -48,6 +49,7 @@ def make_run_info(**overrides):
         "batch_size_per_process": 32,
         "global_batch": 64,
         "precision": "amp_bf16",
+        "tf32": None,
         "memory_format": "channels_last",
         "mean_power_w_per_card": None,
         "power_note": "power not measured: no CUDA device (CPU run)",

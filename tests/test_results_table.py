@@ -49,6 +49,8 @@ def write_run(
     target=None,
     power=None,
     peak_mem=None,
+    tf32=None,
+    time_to_target=None,
 ):
     """A run directory with metrics.jsonl and the summary.json the trainer would write."""
     run_dir = root / name
@@ -63,13 +65,14 @@ def write_run(
         "epochs_planned": len(accs),
         "wall_time_s": wall_time_s,
         "target_acc": target,
-        "time_to_target_s": None,
-        "epochs_to_target": None,
+        "time_to_target_s": time_to_target[1] if time_to_target else None,
+        "epochs_to_target": time_to_target[0] if time_to_target else None,
         "world_size": world_size,
         "nnodes": 1,
         "batch_size_per_process": batch,
         "global_batch": batch * world_size,
         "precision": precision,
+        "tf32": tf32,
         "memory_format": memory_format,
         "mean_power_w_per_card": power,
         "power_note": "test",
@@ -95,7 +98,7 @@ def runs(tmp_path):
                          accs=[55.0, 71.0], fps=180.0, wall_time_s=7200.0, target=60.0),
         "amp8_ok": write_run(tmp_path, "amp8_ok", world_size=8, precision=amp, memory_format=nhwc,
                              accs=[70.0, 76.1], fps=4200.0, wall_time_s=44280.0, batch=480, target=75.9,
-                             power=312.4, peak_mem=30.25),
+                             power=312.4, peak_mem=30.25, time_to_target=(2, 44000.0)),
         "amp8_miss": write_run(tmp_path, "amp8_miss", world_size=8, precision=amp, memory_format=nhwc,
                                accs=[70.0, 75.0], fps=4300.0, wall_time_s=44000.0, batch=480, target=75.9),
         # AMP without channels_last gets its own column; no evaluation ever -> Acc@1 n/a.
@@ -126,7 +129,7 @@ def test_results_tables(runs, tmp_path):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.startswith("## ResNet50 results")
-    by_cards, convergence = parse_tables(out)
+    by_cards, convergence, to_target = parse_tables(out)
 
     # Table 1: standard rows always, the extra 2-card row sorted in; AMP (no NHWC) column only because present.
     assert [row["Cards"] for row in by_cards] == ["Single card", "2 cards", "4 cards", "8 cards", "16 cards"]
@@ -158,6 +161,12 @@ def test_results_tables(runs, tmp_path):
     assert amp8["Scalability"] == "n/a"  # no 1-card AMP+NHWC run to compare with
     assert amp8["Stability"] == "1/2 runs reached target"
 
+    # Table 3: every run with a target, fastest to it first; a run that never reached it last, with n/a.
+    assert [row["Run"] for row in to_target] == ["amp8_ok", "two", "amp8_miss"]
+    assert to_target[0]["Epochs to target"] == "2" and to_target[0]["Time to target"] == "12.2h"
+    assert to_target[0]["Global batch"] == "3840" and to_target[0]["Best Acc@1"] == "76.10%"
+    assert to_target[2]["Epochs to target"] == "n/a" and to_target[2]["Time to target"] == "n/a"
+
     footnote = out.strip().splitlines()[-1]
     assert all(str(path) in footnote for path in runs.values())
 
@@ -167,7 +176,7 @@ def test_single_card_convergence_row_scales_to_one(tmp_path):
                     accs=[30.0], fps=50.0, wall_time_s=100.0, target=40.0)
     result = run_script(RESULTS_TABLE, run)
     assert result.returncode == 0, result.stderr
-    _, convergence = parse_tables(result.stdout)
+    _, convergence, _ = parse_tables(result.stdout)
     assert convergence[0]["Scalability"] == "1.00"
     assert convergence[0]["Stability"] == "0/1 runs reached target"
 
@@ -247,3 +256,15 @@ def test_plot_curves_without_matplotlib_says_how_to_install(runs, tmp_path):
     assert result.returncode == 2
     assert "pip install matplotlib" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_fp32_runs_in_tf32_say_so(tmp_path):
+    """On Ampere and later an "fp32" run computes convolutions in TF32 unless --tf32 off: the label tells."""
+    tf32 = write_run(tmp_path, "tf32", world_size=1, precision="fp32", memory_format="contiguous", accs=[70.0],
+                     fps=100.0, wall_time_s=60.0, target=60.0, tf32=True)
+    ieee = write_run(tmp_path, "ieee", world_size=2, precision="fp32", memory_format="contiguous", accs=[70.0],
+                     fps=100.0, wall_time_s=60.0, target=60.0, tf32=False)
+    result = run_script(RESULTS_TABLE, tf32, ieee)
+    assert result.returncode == 0, result.stderr
+    _, convergence, _ = parse_tables(result.stdout)
+    assert [row["Configuration"] for row in convergence] == ["1x, FP32(TF32), bs 32", "2x, FP32, bs 32"]
