@@ -5,7 +5,7 @@ Backends (--backend):
   pil, tensor   torchvision's reference presets: decode, augment, convert to float and normalize on the CPU
   fast          uint8 end to end on the CPU (decode + crop-resize in one step, flip), 4x fewer bytes to copy;
                 float conversion, normalization and channels_last happen on the device. Training JPEGs are
-                decoded only where the crop lies when the region decoder can be built (--roi-decode, jpeg_roi.py)
+                decoded only where the crop lies when nvImageCodec is installed (--roi-decode, jpeg_roi.py)
 With --decode-device cuda the workers only read file bytes and sample crop parameters; JPEGs are decoded in
 batches on the GPU (nvJPEG), cropped, resized and flipped there. The same code runs with the CPU as the device.
 """
@@ -151,7 +151,7 @@ def collate_encoded(batch):
 
 def build_transforms(cfg: DataConfig, train: bool, roi_library: str | None = None):
     """The per-sample transform for a split, for the chosen backend (one if/elif, a ValueError otherwise).
-    ``roi_library`` is the built region decoder (see resolve_roi_decode) for the fast training transform.
+    ``roi_library`` names the region decoder (see resolve_roi_decode) for the fast training transform.
     With several training sizes (progressive resizing) it is a ResolutionSwitch over one transform per size."""
     sizes = sorted(set(cfg.train_sizes))
     if train and len(sizes) > 1 and not cfg.decode_on_device:  # device decode crops on the device (DeviceLoader)

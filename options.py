@@ -94,8 +94,8 @@ def add_data_args(g):
     g.add_argument("--decode-device", default="cpu", choices=["cpu", "cuda"],
                    help="cuda: workers only read bytes; JPEGs are decoded on the GPU in batches (nvJPEG)")
     g.add_argument("--roi-decode", default="auto", choices=jpeg_roi.MODES,
-                   help="fast backend: decode only each training crop's region of the JPEG (a small C library built "
-                        "on first use); auto falls back to whole-image decoding when it cannot be built, on fails")
+                   help="fast backend: decode only each training crop's region of the JPEG (nvImageCodec); auto "
+                        "falls back to whole-image decoding when it is not installed, on fails")
     g.add_argument("--bad-images", default="error", choices=["error", "skip"],
                    help="an unreadable image stops the run (error) or is replaced by another and counted (skip)")
     g.add_argument("--verify-data", action="store_true", help="scan train/ and val/ for unreadable images and exit")
