@@ -12,17 +12,26 @@ from conftest import REPO, TEST_ENV
 
 pytestmark = pytest.mark.slow
 
+# The demo's own 15 epochs take ~5 minutes on 2 cores; 5 epochs (demo.sh passes extra options last, so they win)
+# take ~2 and already learn: on a 2-core CPU, seeds 0-4 ended at 30.0, 31.0, 34.5, 26.5 and 28.0% Acc@1 (mean 30,
+# standard deviation 3; 6 epochs did no better: 28.5, 31.0, 33.5). The bar, twice chance, is 6.5 points below the
+# lowest of them and 3 standard deviations below their mean, while a run that learns nothing ends near 10% (200
+# validation images: chance's own standard deviation is 2 points).
+EPOCHS = 5
+MIN_ACC1 = 20.0
 
-@pytest.mark.timeout(960)  # above the subprocess's own 900 s limit, which then reports the demo's output
+
+@pytest.mark.timeout(660)  # above the subprocess's own 600 s limit, which then reports the demo's output
 def test_demo_script_trains_resnet50_well_above_chance(tmp_path):
     env = dict(os.environ, **TEST_ENV, DEMO_SKIP_INSTALL="1")  # the test command installed the requirements
     env.pop("OMP_NUM_THREADS")  # the demo runs alone: let it use both cores, as a user's run would
-    proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "demo.sh"), "--output-dir", str(tmp_path / "demo")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "demo.sh"), "--epochs", str(EPOCHS),
+                           "--output-dir", str(tmp_path / "demo")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    match = re.search(r"demo: final Acc@1 ([\d.]+)% \(chance 10%\)", proc.stdout)
+    match = re.search(rf"demo: final Acc@1 ([\d.]+)% \(chance 10%\) after {EPOCHS} epochs", proc.stdout)
     assert match, proc.stdout[-2000:]
-    assert float(match.group(1)) >= 25.0, proc.stdout[-2000:]
+    assert float(match.group(1)) >= MIN_ACC1, proc.stdout[-2000:]
     with open(tmp_path / "demo" / "summary.json") as f:
         summary = json.load(f)
     assert summary["model"] == "resnet50" and summary["final_acc1"] == pytest.approx(float(match.group(1)), abs=0.01)
