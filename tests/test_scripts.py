@@ -491,6 +491,7 @@ def _assert_trained(out: Path, output: str, precision: str) -> None:
     assert json.loads((out / "summary.json").read_text())["precision"] == precision  # the recipe's, applied
 
 
+@pytest.mark.slow  # torchrun and its worker: two processes
 def test_single_process_script_trains(tiny_imagefolder, tmp_path):
     out = tmp_path / "out"
     env = _clean_env(NPROC_PER_NODE="1", MASTER_PORT=str(free_port()), MAX_RESTARTS="0")
