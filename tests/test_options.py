@@ -10,33 +10,34 @@ from conftest import TEST_ENV, train_cmd
 
 
 def numeric_options():
-    """(flag, a valid value) for every option that takes a number."""
+    """(flag, a valid value, how many values it takes) for every option that takes numbers."""
     parser = train.get_args_parser()
     found = []
     for action in parser._actions:
         if getattr(action.type, "__name__", None) in ("int", "float") and action.option_strings:
             flag = max(action.option_strings, key=len)
-            found.append((flag, action.default if action.default is not None else 1))
+            found.append((flag, action.default if action.default is not None else 1, action.nargs or 1))
     return found
 
 
 def test_every_numeric_option_is_typed():
-    flags = {flag for flag, _ in numeric_options()}
+    flags = {flag for flag, _, _ in numeric_options()}
     assert len(flags) >= 35
     assert {"--lr", "--mixup-alpha", "--train-crop-size", "--label-smoothing", "--clip-grad-norm",
             "--dist-timeout", "--workers", "--seed", "--target-acc", "--model-ema-decay"} <= flags
 
 
-@pytest.mark.parametrize("flag,valid", numeric_options())
+@pytest.mark.parametrize("flag,valid,count", numeric_options())
 @pytest.mark.parametrize("bad", ["-1", "nan", "inf", "abc"])
-def test_bad_numbers_end_with_one_line_naming_the_option(flag, valid, bad, capsys):
+def test_bad_numbers_end_with_one_line_naming_the_option(flag, valid, count, bad, capsys):
     with pytest.raises(SystemExit) as exc:
-        train.get_args_parser().parse_args([flag, bad])
+        train.get_args_parser().parse_args([flag, *[bad] * count])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and flag in err, err
-    args = train.get_args_parser().parse_args([flag, str(valid)])  # and the default itself is accepted
-    assert getattr(args, train.get_args_parser()._option_string_actions[flag].dest) == valid
+    args = train.get_args_parser().parse_args([flag, *[str(valid)] * count])  # and the default itself is accepted
+    value = getattr(args, train.get_args_parser()._option_string_actions[flag].dest)
+    assert value == (valid if count == 1 else [valid] * count)
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -45,7 +46,7 @@ def test_bad_numbers_end_with_one_line_naming_the_option(flag, valid, bad, capsy
     (["--augmix-severity", "11"], "--augmix-severity: must be in [1, 10], got 11"),
     (["--epochs", "2.5"], "--epochs: expected a whole number >= 1, got '2.5'"),
     (["--opt", "lamb"], "--opt: invalid choice: 'lamb'"),
-    (["--lr-scheduler", "poly"], "cosineannealinglr"),  # the choices are listed
+    (["--lr-scheduler", "onecycle"], "cosineannealinglr"),  # the choices are listed
     (["--backend", "dali"], "--backend: invalid choice"),
     (["--compile-mode", "fast"], "--compile-mode: invalid choice"),
     (["--interpolation", "cubic"], "--interpolation: invalid choice"),
