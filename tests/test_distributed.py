@@ -1,4 +1,6 @@
-"""Real torchrun processes on the CPU with gloo: one node with two processes, and two "nodes" on 127.0.0.1."""
+"""Real torchrun processes on the CPU with gloo: two "nodes" on 127.0.0.1 train through the 16-card script, and
+two processes on one node agree on a random seed. (One node with two training processes runs in
+test_scripts.py, test_run_outputs.py, test_benchmark_modes.py and test_fault_tolerance.py.)"""
 
 import json
 import os
@@ -7,38 +9,20 @@ import sys
 
 import pytest
 
-from conftest import FAST_ARGS, REPO, TEST_ENV, free_port, make_imagefolder, run_torchrun
+from conftest import FAST_ARGS, REPO, TEST_ENV, free_port, make_imagefolder
 
 pytestmark = pytest.mark.slow
-
-
-def test_torchrun_two_processes_train_only_rank0_writes_weights_identical(tmp_path):
-    data = make_imagefolder(tmp_path / "data", classes=2, train_per_class=8, val_per_class=2)
-    out = tmp_path / "out"
-    proc = run_torchrun(["--data-path", data, "--output-dir", out, "--epochs", "2", "--seed", "0", *FAST_ARGS])
-    assert "2 process(es) x batch 4 = global batch 8" in proc.stdout
-    assert "weights identical on all 2 ranks" in proc.stdout
-    # Only rank 0 prints: each epoch header appears once per print, not twice.
-    assert proc.stdout.count("Epoch: [0] [2/2]") == 1
-    files = sorted(os.listdir(out))
-    assert {"checkpoint.pth", "model_0.pth", "model_1.pth", "metrics.jsonl", "summary.json", "args.json"} <= set(files)
-    assert not [f for f in files if ".tmp" in f]
-    with open(out / "summary.json") as f:
-        summary = json.load(f)
-    assert summary["world_size"] == 2 and summary["global_batch"] == 8
-    with open(out / "metrics.jsonl") as f:
-        assert [json.loads(line)["epoch"] for line in f] == [0, 1]
 
 
 def launch_node(node_rank, port, data, out):
     env = dict(os.environ, **TEST_ENV, NNODES="2", NODE_RANK=str(node_rank), NPROC_PER_NODE="1",
                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PYTHON=sys.executable, MAX_RESTARTS="0")
     cmd = ["bash", os.path.join(REPO, "scripts", "fp32_16cards.sh"), "--data-path", str(data), "--output-dir",
-           str(out), "--epochs", "1", "--backend", "pil", *FAST_ARGS]
+           str(out), "--epochs", "2", "--seed", "0", "--backend", "pil", *FAST_ARGS]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_two_nodes_on_localhost_with_the_16_card_script(tmp_path):
+def test_two_nodes_train_only_rank0_prints_and_writes_weights_identical(tmp_path):
     """The suite's one two-node run (amp_16cards.sh differs only in options, which test_scripts.py checks)."""
     data = make_imagefolder(tmp_path / "data", classes=2, train_per_class=8, val_per_class=2)
     port = free_port()
@@ -47,9 +31,17 @@ def test_two_nodes_on_localhost_with_the_16_card_script(tmp_path):
     assert [p.returncode for p in nodes] == [0, 0], "\n\n".join(o[-3000:] for o in outputs)
     assert "2 process(es) x batch 4 = global batch 8" in outputs[0]
     assert "weights identical on all 2 ranks" in outputs[0]
-    with open(tmp_path / "out0" / "summary.json") as f:
+    # Only rank 0 prints: each step line appears once, and not at all on node 1.
+    assert outputs[0].count("Epoch: [0] [2/2]") == 1 and "Epoch: [" not in outputs[1], outputs[1][-3000:]
+    out = tmp_path / "out0"
+    files = sorted(os.listdir(out))
+    assert {"checkpoint.pth", "model_0.pth", "model_1.pth", "metrics.jsonl", "summary.json", "args.json"} <= set(files)
+    assert not [f for f in files if ".tmp" in f]
+    with open(out / "summary.json") as f:
         summary = json.load(f)
-    assert summary["world_size"] == 2 and summary["nnodes"] == 2
+    assert summary["world_size"] == 2 and summary["nnodes"] == 2 and summary["global_batch"] == 8
+    with open(out / "metrics.jsonl") as f:
+        assert [json.loads(line)["epoch"] for line in f] == [0, 1]
     assert not (tmp_path / "out1" / "checkpoint.pth").exists()  # node 1 holds no rank 0: it writes nothing
 
 
