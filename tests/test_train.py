@@ -11,7 +11,7 @@ import torchvision
 
 import train
 import utils
-from conftest import FAST_ARGS, make_imagefolder, run_train
+from conftest import FAST_ARGS, make_imagefolder, run_train, run_train_in_process
 
 
 def read_metrics(out):
@@ -22,7 +22,7 @@ def read_metrics(out):
 def test_two_epochs_loss_falls_checkpoints_load_and_test_only_reproduces(tmp_path):
     data = make_imagefolder(tmp_path / "data", classes=3, train_per_class=12, val_per_class=3)
     out = tmp_path / "out"
-    proc = run_train(["--data-path", data, "--output-dir", out, "--epochs", "2", "--lr", "0.002",
+    proc = run_train_in_process(["--data-path", data, "--output-dir", out, "--epochs", "2", "--lr", "0.002",
                       "--seed", "1", *FAST_ARGS])
     assert "Epoch: [0]" in proc.stdout and "Epoch: [1]" in proc.stdout
     for key in ("eta:", "lr:", "img/s:", "loss:", "acc1:", "acc5:", "time:", "data:"):
@@ -40,7 +40,7 @@ def test_two_epochs_loss_falls_checkpoints_load_and_test_only_reproduces(tmp_pat
     model.load_state_dict(ckpt["model"])  # no 'module.' prefix, no renaming
 
     last_acc1 = [line for line in proc.stdout.splitlines() if line.startswith("Test: Acc@1")][-1].split()[2]
-    test = run_train(["--data-path", data, "--resume", out / "model_1.pth", "--test-only", *FAST_ARGS])
+    test = run_train_in_process(["--data-path", data, "--resume", out / "model_1.pth", "--test-only", *FAST_ARGS])
     assert f"Test: Acc@1 {last_acc1}" in test.stdout
 
 
@@ -49,10 +49,10 @@ def test_resume_after_epoch_one_matches_uninterrupted_lr_trace_and_epochs(tmp_pa
     common = ["--data-path", data, "--epochs", "3", "--lr", "0.1", "--lr-warmup-epochs", "1",
               "--lr-warmup-method", "linear", "--lr-step-size", "1", "--lr-gamma", "0.5", "--seed", "3", *FAST_ARGS]
     straight = tmp_path / "straight"
-    run_train([*common, "--output-dir", straight])
+    run_train_in_process([*common, "--output-dir", straight])
     part = tmp_path / "part"
-    run_train([*common, "--output-dir", part, "--epochs", "1"])
-    resumed = run_train([*common, "--output-dir", part, "--resume", part / "checkpoint.pth"])
+    run_train_in_process([*common, "--output-dir", part, "--epochs", "1"])
+    resumed = run_train_in_process([*common, "--output-dir", part, "--resume", part / "checkpoint.pth"])
     assert "resumed from" in resumed.stdout and "Epoch: [0]" not in resumed.stdout
     a, b = read_metrics(straight), read_metrics(part)
     assert [r["epoch"] for r in b] == [0, 1, 2]
@@ -226,7 +226,7 @@ def test_resnet50_default_model_trains_a_step(tmp_path):
     out = tmp_path / "out"
     args = [a for a in FAST_ARGS if a != "resnet18"]
     args.remove("--model")
-    proc = run_train(["--data-path", data, "--output-dir", out, "--epochs", "1", "--batch-size", "2", *args])
+    proc = run_train_in_process(["--data-path", data, "--output-dir", out, "--epochs", "1", "--batch-size", "2", *args])
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
     torchvision.models.resnet50(num_classes=2).load_state_dict(ckpt["model"])
     assert "training resnet50" in proc.stdout
@@ -253,7 +253,7 @@ def test_bad_data_path_exits_with_one_line(tmp_path, layout, expected):
     elif layout == "mismatch":
         make_imagefolder(root, classes=2, train_per_class=1, val_per_class=1)
         os.rename(root / "val" / "class01", root / "val" / "other")
-    proc = run_train(["--data-path", root, "--output-dir", tmp_path / "out", *FAST_ARGS], check=False)
+    proc = run_train_in_process(["--data-path", root, "--output-dir", tmp_path / "out", *FAST_ARGS], check=False)
     assert proc.returncode == 2
     err = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error:"), proc.stderr
