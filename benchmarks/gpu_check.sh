@@ -38,16 +38,8 @@ image_size=${IMAGE_SIZE:-500}
 item_timeout=${ITEM_TIMEOUT:-240}
 export PYTHONUNBUFFERED=1
 
-case $device in
-    cuda | cpu) ;;
-    *) echo "gpu_check.sh: error: DEVICE=$device is not supported; use cuda or cpu" >&2; exit 2 ;;
-esac
-for name in crop batch steps workers race_batches host_steps image_size item_timeout; do
-    if ! [[ ${!name} =~ ^[0-9]+$ ]]; then
-        echo "gpu_check.sh: error: ${name^^}=${!name} must be a whole number" >&2
-        exit 2
-    fi
-done
+source "$repo/benchmarks/_env.sh"
+check_settings gpu_check.sh crop batch steps workers race_batches host_steps image_size item_timeout
 
 # Enough training images for STEPS full batches, one validation batch, 10 classes.
 classes=10

@@ -42,21 +42,10 @@ image_size=${IMAGE_SIZE:-500}
 measure_timeout=${MEASURE_TIMEOUT:-300}
 export PYTHONUNBUFFERED=1
 
-case $device in
-    cuda | cpu) ;;
-    *) echo "gpu_suite.sh: error: DEVICE=$device is not supported; use cuda or cpu" >&2; exit 2 ;;
-esac
-for name in batch crop workers steps images image_size measure_timeout; do
-    if ! [[ ${!name} =~ ^[0-9]+$ ]]; then
-        echo "gpu_suite.sh: error: ${name^^}=${!name} must be a whole number" >&2
-        exit 2
-    fi
-done
+source "$repo/benchmarks/_env.sh"
+check_settings gpu_suite.sh batch crop workers steps images image_size measure_timeout
 warmup=${WARMUP:-$((workers * 2 + 8))}
-if ! [[ $warmup =~ ^[0-9]+$ ]]; then
-    echo "gpu_suite.sh: error: WARMUP=$warmup must be a whole number" >&2
-    exit 2
-fi
+check_settings gpu_suite.sh warmup
 
 classes=10
 train_per_class=$(((images + classes - 1) / classes))
