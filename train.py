@@ -153,8 +153,9 @@ def main(args) -> int:
     dist_info = utils.init_distributed(device, accelerator.dist_backend(device, args.dist_backend), args.dist_url,
                                        timeout)
     log = print if dist_info.is_main else (lambda *a, **k: None)
-    if accelerator.tf32_note(device, args.tf32 == "on"):
-        log(accelerator.tf32_note(device, args.tf32 == "on"))
+    tf32_note = accelerator.tf32_note(device, args.tf32 == "on")
+    if tf32_note:
+        log(tf32_note)
     if timeout > args.dist_timeout:
         log(f"--compile-mode {args.compile_mode}: collectives wait up to {timeout:g} minutes (--dist-timeout "
             f"{args.dist_timeout:g}) while every rank compiles")
@@ -354,7 +355,6 @@ def train_epochs(args, run: Run, train_step, criterion, val_loader, progress, ma
             train_step, train_loader, run.device, epoch, start_step=progress.step, num_steps=run.steps_per_epoch,
             print_freq=args.print_freq, global_batch=run.global_batch, dist_info=run.dist_info, log=log, stop=stop,
             checkpoint_interval=args.checkpoint_interval, save_mid_epoch=save_mid_epoch, run=progress)
-        train_stats["train_res"] = sizes[epoch]
         if train_stats["stopped"]:
             save_mid_epoch(train_stats["steps_done"])
             log(f"preempted by signal {stop.flag.signum}: checkpoint saved at epoch {epoch} step "
@@ -374,7 +374,7 @@ def train_epochs(args, run: Run, train_step, criterion, val_loader, progress, ma
         progress.epoch_times.append(time.perf_counter() - epoch_start)
         peak_mem_gb = accelerator.peak_memory_gb(run.device)
         accelerator.reset_peak_memory(run.device)  # each epoch's record covers that epoch only
-        record = epoch_record(epoch, train_stats, val_stats, ema_stats, peak_mem_gb, progress,
+        record = epoch_record(epoch, sizes[epoch], train_stats, val_stats, ema_stats, peak_mem_gb, progress,
                               remaining_epochs=0 if reached else args.epochs - epoch - 1)
         progress.epoch, progress.step = epoch + 1, 0
         manager.save(epoch_end=True, epoch=epoch, is_best=is_best)
@@ -608,7 +608,7 @@ def evaluate(model, criterion, data_loader, device, *, autocast, dist_info, flip
 # ------------------------------------------------------------------------------------------------------------
 # Metrics records
 # ------------------------------------------------------------------------------------------------------------
-def epoch_record(epoch, train_stats, val_stats, ema_stats, peak_mem_gb, progress, remaining_epochs) -> dict:
+def epoch_record(epoch, train_res, train_stats, val_stats, ema_stats, peak_mem_gb, progress, remaining_epochs) -> dict:
     """One line of metrics.jsonl (its fields are described in metrics.py)."""
     mean_epoch = sum(progress.epoch_times) / len(progress.epoch_times)
     return {
@@ -627,7 +627,7 @@ def epoch_record(epoch, train_stats, val_stats, ema_stats, peak_mem_gb, progress
         "bad_images": train_stats["bad_images"],
         "eta_s": mean_epoch * remaining_epochs,
         "global_step": progress.global_step,
-        "train_res": train_stats["train_res"],
+        "train_res": train_res,
     }
 
 
