@@ -32,12 +32,12 @@ def test_cuda_gloo_default_group_refuses_cpu_tensors(tmp_path):
     """The premise: a host reduction on such a default group fails as it would under NCCL."""
     script = tmp_path / "premise.py"
     script.write_text(
-        "import torch, torch.distributed as dist\n"
+        "import sys, torch, torch.distributed as dist\n"
         "dist.init_process_group('cuda:gloo')\n"
         "try:\n"
         "    dist.all_reduce(torch.ones(1))\n"
         "except RuntimeError as e:\n"
-        "    print('refused:', e)\n"
+        "    sys.stdout.write(f'refused: {e}\\n')  # one write per rank: the two ranks share stdout\n"
         "dist.destroy_process_group()\n"
     )
     proc = subprocess.run(torchrun_cmd([], nproc=2)[:-1] + [str(script)], cwd=REPO, capture_output=True, text=True,
