@@ -569,9 +569,10 @@ def check_split(split_dir, split, expected):
     return SplitReport(split, expected, found, missing, extra, wrong, partial)
 
 
-def _first_few(items, limit=10):
+def first_few(items, limit=10):
+    """'a, b, c' or 'a, b, c and 7 more': long lists stay readable in one line."""
     shown = ", ".join(items[:limit])
-    return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def format_report(report):
@@ -581,16 +582,16 @@ def format_report(report):
     lines = [f"{report.split}: {report.num_images:,} of {exp.num_images:,} images, "
              f"{len(report.found):,} of {exp.num_classes:,} classes: {status}"]
     if report.missing:
-        lines.append(f"  missing classes ({len(report.missing)}): {_first_few(report.missing)}")
+        lines.append(f"  missing classes ({len(report.missing)}): {first_few(report.missing)}")
     if report.partial:
         lines.append(f"  unfinished classes ({len(report.partial)}; {PARTIAL_SUFFIX} folders, "
-                     f"redone by a rerun): {_first_few(report.partial)}")
+                     f"redone by a rerun): {first_few(report.partial)}")
     if report.wrong_counts:
         described = [f"{w} {n:,} of {e:,}" for w, n, e in report.wrong_counts]
         lines.append(f"  classes with the wrong image count ({len(report.wrong_counts)}; "
-                     f"delete the folder and rerun to redo): {_first_few(described)}")
+                     f"delete the folder and rerun to redo): {first_few(described)}")
     if report.extra:
-        lines.append(f"  unexpected folders ({len(report.extra)}): {_first_few(report.extra)}")
+        lines.append(f"  unexpected folders ({len(report.extra)}): {first_few(report.extra)}")
     if exp.wnids is None and not report.complete:
         lines.append("  (pass --devkit to name the missing classes)")
     return "\n".join(lines)
@@ -712,7 +713,7 @@ def run(args, out=None, err=None):
                   file=out)
             if result.ignored:
                 print(f"train: ignored members that are not <wnid>.tar ({len(result.ignored)}): "
-                      f"{_first_few(result.ignored, 3)}", file=err)
+                      f"{first_few(result.ignored, 3)}", file=err)
         if "val" in inputs.splits:
             bar = ProgressBar(len(devkit.val_labels), "val images", stream=err, enabled=show)
             if inputs.val_dir is not None:
@@ -724,7 +725,7 @@ def run(args, out=None, err=None):
                   file=out)
             if result.unrecognised:
                 print(f"val: ignored files not named ILSVRC2012_val_<8 digits>.JPEG "
-                      f"({len(result.unrecognised)}): {_first_few(result.unrecognised, 3)}",
+                      f"({len(result.unrecognised)}): {first_few(result.unrecognised, 3)}",
                       file=err)
 
     if devkit is not None:
