@@ -22,10 +22,7 @@ from datasets import (
     FileList,
     ImageFolderDataset,
     bad_image,
-    build_file_list,
-    check_layout,
     decode_pil,
-    find_classes,
     format_verify_report,
     list_splits,
     run_verify,
@@ -230,33 +227,32 @@ def test_bad_image_error_rebuilds_from_message_alone():
 # ---------------------------------------------------------------------------------------
 
 
-def test_check_layout_good(tmp_path):
+def test_layout_good(tmp_path):
     root = make_imagenet(tmp_path)
     write(os.path.join(root, "train", "cat", ".DS_Store"), b"junk")  # hidden files are ignored
     os.makedirs(os.path.join(root, "val", ".ipynb_checkpoints"))  # hidden folders are not classes
-    result = check_layout(root)
-    assert result == {"train": os.path.join(root, "train"), "val": os.path.join(root, "val")}
-    assert find_classes(result["val"]) == ["cat", "dog"]
+    classes, lists = list_splits(root)
+    assert classes == ["cat", "dog"] and sorted(lists) == ["train", "val"]
+    assert {lists[s].root for s in lists} == {os.path.join(root, "train"), os.path.join(root, "val")}
 
 
-def test_find_classes_sorted(tmp_path):
-    for name in ["n02", "n10", "n01", "a"]:
-        os.makedirs(tmp_path / name)
-    write(str(tmp_path / "zz.JPEG"), b"x")
-    assert find_classes(str(tmp_path)) == ["a", "n01", "n02", "n10"]
+def test_classes_sorted(tmp_path):
+    make_imagenet(tmp_path, classes=["n02", "n10", "n01", "a"])
+    write(str(tmp_path / "val" / "zz.JPEG"), b"x")  # a loose file is not a class
+    assert list_splits(str(tmp_path), ("val",))[0] == ["a", "n01", "n02", "n10"]
 
 
 def test_layout_missing_data_path(tmp_path):
     missing = str(tmp_path / "nope")
     with pytest.raises(DataError) as excinfo:
-        check_layout(missing)
+        list_splits(missing)
     assert_one_line_error(excinfo, missing, "does not exist", "train/")
 
 
 def test_layout_data_path_is_a_file(tmp_path):
     path = write(str(tmp_path / "file.tar"), b"x")
     with pytest.raises(DataError) as excinfo:
-        check_layout(path)
+        list_splits(path)
     assert_one_line_error(excinfo, path, "not a folder")
 
 
@@ -265,7 +261,7 @@ def test_layout_missing_split(tmp_path, missing):
     present = "val" if missing == "train" else "train"
     make_split(tmp_path, present, ["cat"])
     with pytest.raises(DataError) as excinfo:
-        check_layout(str(tmp_path))
+        list_splits(str(tmp_path))
     assert_one_line_error(excinfo, str(tmp_path), f"no {missing}/ folder")
 
 
@@ -273,7 +269,7 @@ def test_layout_no_class_folders(tmp_path):
     make_split(tmp_path, "train", ["cat"])
     os.makedirs(tmp_path / "val")
     with pytest.raises(DataError) as excinfo:
-        check_layout(str(tmp_path))
+        list_splits(str(tmp_path))
     assert_one_line_error(excinfo, os.path.join(str(tmp_path), "val"), "no class folders")
 
 
@@ -282,7 +278,7 @@ def test_layout_flat_val_folder(tmp_path):
     for i in range(3):
         write(str(tmp_path / "val" / f"ILSVRC2012_val_{i}.JPEG"), jpeg_bytes(8, 8))
     with pytest.raises(DataError) as excinfo:
-        check_layout(str(tmp_path))
+        list_splits(str(tmp_path))
     assert_one_line_error(excinfo, os.path.join(str(tmp_path), "val"), "3 images but no class folders")
 
 
@@ -292,7 +288,7 @@ def test_layout_empty_class_folders(tmp_path):
         for name in os.listdir(os.path.join(root, "val", f"c{i}")):
             os.remove(os.path.join(root, "val", f"c{i}", name))
     with pytest.raises(DataError) as excinfo:
-        check_layout(root)
+        list_splits(root)
     assert_one_line_error(excinfo, os.path.join(root, "val"), "7 empty class folder", "c0, c1, c2, c3, c4 and 2 more")
     assert "c7" not in str(excinfo.value)
 
@@ -302,7 +298,7 @@ def test_layout_no_images_at_all(tmp_path):
         for name in ("a", "b"):
             os.makedirs(tmp_path / split / name)
     with pytest.raises(DataError) as excinfo:
-        check_layout(str(tmp_path))
+        list_splits(str(tmp_path))
     assert_one_line_error(excinfo, os.path.join(str(tmp_path), "train"), "no images")
 
 
@@ -310,7 +306,7 @@ def test_layout_class_sets_differ(tmp_path):
     make_split(tmp_path, "train", ["a", "b", "c", "d"])
     make_split(tmp_path, "val", ["a", "x", "y"])
     with pytest.raises(DataError) as excinfo:
-        check_layout(str(tmp_path))
+        list_splits(str(tmp_path))
     assert_one_line_error(excinfo, "class folders differ", "3 only in train/: b, c, d", "2 only in val/: x, y")
 
 
@@ -319,7 +315,7 @@ def test_layout_unknown_extension(tmp_path):
     first = write(os.path.join(root, "train", "cat", "notes.txt"), b"x")
     write(os.path.join(root, "train", "dog", "z.gif"), b"x")
     with pytest.raises(DataError) as excinfo:
-        check_layout(root)
+        list_splits(root)
     assert_one_line_error(excinfo, first, "and 1 more", "unknown extension", ".jpeg")
 
 
@@ -327,8 +323,7 @@ def test_layout_extension_case_insensitive(tmp_path):
     root = make_imagenet(tmp_path)
     for name in ("a.jpg", "b.JPG", "c.Png", "d.jpeg"):
         write(os.path.join(root, "train", "cat", name), jpeg_bytes(8, 8))
-    check_layout(root)
-    files = build_file_list(os.path.join(root, "train"), ["cat", "dog"])
+    files = list_splits(root)[1]["train"]
     assert len(files) == 3 + 4 + 3
 
 
@@ -337,12 +332,11 @@ def test_layout_extension_case_insensitive(tmp_path):
 # ---------------------------------------------------------------------------------------
 
 
-def test_build_file_list_order_and_labels(tmp_path):
+def test_file_list_order_and_labels(tmp_path):
     root = make_imagenet(tmp_path, classes=("b", "a"), train=2)
     write(os.path.join(root, "train", "a", "nested", "deep.JPEG"), jpeg_bytes(8, 8))
-    write(os.path.join(root, "train", "a", "readme.txt"), b"not an image")
     split = os.path.join(root, "train")
-    files = build_file_list(split, ["a", "b"])
+    files = list_splits(root)[1]["train"]
     assert files == [
         (os.path.join(split, "a", "img0.JPEG"), 0),
         (os.path.join(split, "a", "img1.JPEG"), 0),
@@ -353,47 +347,37 @@ def test_build_file_list_order_and_labels(tmp_path):
     assert all(os.path.isfile(path) for path, _ in files)
 
 
-def test_build_file_list_unknown_class(tmp_path):
-    root = make_imagenet(tmp_path)
-    with pytest.raises(DataError) as excinfo:
-        build_file_list(os.path.join(root, "train"), ["cat", "zebra"])
-    assert_one_line_error(excinfo, "zebra")
+def train_list(root, cache):
+    """The train split's file list through list_splits, with ``cache`` as its --cache-dataset file."""
+    return list_splits(root, ("train",), cache_files={"train": cache})[1]["train"]
 
 
 def test_file_list_cache_round_trip(tmp_path, monkeypatch):
     root = make_imagenet(tmp_path / "data")
     split = os.path.join(root, "train")
     cache = str(tmp_path / "cache" / "train_files.json")
-    scanned = build_file_list(split, ["cat", "dog"], cache_file=cache)
+    scanned = train_list(root, cache)
     with open(cache, encoding="utf-8") as f:
         stored = json.load(f)  # plain JSON
     assert stored["version"] == 2 and stored["classes"] == ["cat", "dog"] and stored["counts"] == [3, 3]
     assert stored["names"].split("\0") == [os.path.relpath(p, split) for p, _ in scanned]
     assert os.listdir(os.path.dirname(cache)) == ["train_files.json"]  # no temp files left
 
-    def no_scan(*args, **kwargs):
-        raise AssertionError("scanned although the cache matches")
-
     with monkeypatch.context() as m:
-        m.setattr(datasets, "_scan_class_dir", no_scan)
-        assert build_file_list(split, ["cat", "dog"], cache_file=cache) == scanned
-
-    # Different classes: the cache does not apply, the file is rewritten.
-    assert build_file_list(split, ["dog"], cache_file=cache) == [(p, 0) for p, t in scanned if t == 1]
-    with open(cache, encoding="utf-8") as f:
-        assert json.load(f)["classes"] == ["dog"]
+        m.setattr(os, "scandir", refuse_listing)
+        assert train_list(root, cache) == scanned
 
 
 def test_file_list_cache_notices_new_files(tmp_path):
     root = make_imagenet(tmp_path / "data")
     split = os.path.join(root, "train")
     cache = str(tmp_path / "files.json")
-    before = build_file_list(split, ["cat", "dog"], cache_file=cache)
+    before = train_list(root, cache)
     added = write(os.path.join(split, "dog", "new.JPEG"), jpeg_bytes(8, 8))
     # Make the folder change visible even on filesystems with coarse timestamps.
     stat = os.stat(os.path.dirname(added))
     os.utime(os.path.dirname(added), ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
-    after = build_file_list(split, ["cat", "dog"], cache_file=cache)
+    after = train_list(root, cache)
     assert len(after) == len(before) + 1 and (added, 1) in after
 
 
@@ -401,11 +385,11 @@ def test_file_list_cache_other_split_dir_or_corrupt(tmp_path):
     root_a = make_imagenet(tmp_path / "a")
     root_b = make_imagenet(tmp_path / "b", train=1)
     cache = str(tmp_path / "files.json")
-    build_file_list(os.path.join(root_a, "train"), ["cat", "dog"], cache_file=cache)
-    files_b = build_file_list(os.path.join(root_b, "train"), ["cat", "dog"], cache_file=cache)
+    train_list(root_a, cache)
+    files_b = train_list(root_b, cache)
     assert len(files_b) == 2 and all(p.startswith(root_b) for p, _ in files_b)
     write(cache, b'{"format": "imagenet-file-list", "samp')  # torn file
-    assert build_file_list(os.path.join(root_b, "train"), ["cat", "dog"], cache_file=cache) == files_b
+    assert train_list(root_b, cache) == files_b
 
 
 def bump_mtime(folder):
@@ -569,20 +553,27 @@ def test_cache_dataset_notices_a_new_class_folder(tmp_path, monkeypatch):
     assert_one_line_error(excinfo, "class folders differ", "1 only in val/: zebra")
 
 
-def test_cache_written_without_layout_checks_is_not_trusted_by_them(tmp_path):
+def test_cache_written_without_layout_checks_is_not_trusted(tmp_path):
     root = make_imagenet(tmp_path / "data")
-    odd = write(os.path.join(root, "train", "cat", "notes.txt"), b"x")
     cache = str(tmp_path / "train.json")
-    assert len(build_file_list(os.path.join(root, "train"), ["cat", "dog"], cache_file=cache)) == 6
+    train_list(root, cache)
+    with open(cache, encoding="utf-8") as f:
+        stored = json.load(f)
+    # An odd file the listing in the cache does not know, with the folder's recorded mtime put back.
+    odd = write(os.path.join(root, "train", "cat", "notes.txt"), b"x")
+    folder = os.path.dirname(odd)
+    os.utime(folder, ns=(os.stat(folder).st_atime_ns, stored["dirs"]["cat"]))
+    assert len(train_list(root, cache)) == 6  # a fresh, checked cache is trusted
+    stored["layout_checked"] = False  # as an unchecked listing would write it
+    write(cache, json.dumps(stored).encode())
     with pytest.raises(DataError) as excinfo:
-        list_splits(root, cache_files={"train": cache})
+        train_list(root, cache)
     assert_one_line_error(excinfo, odd, "unknown extension")
 
 
 @pytest.mark.parametrize("damage", ["version 1", "counts disagree"])
 def test_stale_or_damaged_cache_is_rebuilt_not_misread(tmp_path, damage):
     root = make_imagenet(tmp_path / "data")
-    split = os.path.join(root, "train")
     cache = str(tmp_path / "train.json")
     scanned = list_splits(root, cache_files={"train": cache})[1]["train"]
     with open(cache, encoding="utf-8") as f:
@@ -596,7 +587,6 @@ def test_stale_or_damaged_cache_is_rebuilt_not_misread(tmp_path, damage):
     assert list_splits(root, cache_files={"train": cache})[1]["train"] == scanned
     with open(cache, encoding="utf-8") as f:
         assert json.load(f)["counts"] == [3, 3]  # rewritten by the rescan
-    assert build_file_list(split, ["cat", "dog"], cache_file=cache) == scanned
 
 
 # ---------------------------------------------------------------------------------------
@@ -624,7 +614,7 @@ def mixed_samples(tmp_path):
 
 def test_dataset_basics(tmp_path):
     root = make_imagenet(tmp_path)
-    samples = build_file_list(os.path.join(root, "train"), ["cat", "dog"])
+    samples = list_splits(root)[1]["train"]
     ds = ImageFolderDataset(samples, ["cat", "dog"], decode_to_tensor)
     assert len(ds) == 6 and ds.samples == samples and ds.classes == ["cat", "dog"]
     assert isinstance(ds.targets, np.ndarray) and ds.targets.tolist() == [0, 0, 0, 1, 1, 1]
@@ -633,11 +623,6 @@ def test_dataset_basics(tmp_path):
     assert ds[np.int64(4)][1] == 1 and ds[-1][1] == 1
     with pytest.raises(IndexError):
         ds[6]
-
-
-def test_dataset_rejects_unknown_bad_images_mode(tmp_path):
-    with pytest.raises(DataError, match="--bad-images"):
-        ImageFolderDataset([], [], decode_to_tensor, bad_images="ignore")
 
 
 def test_dataset_error_mode_raises(tmp_path):
