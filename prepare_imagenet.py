@@ -1,37 +1,24 @@
 """Turn the official ILSVRC2012 downloads into the folder layout the trainer reads.
 
-    OUT/train/<wnid>/*.JPEG     from ILSVRC2012_img_train.tar (a tar of per-class tars)
-    OUT/val/<wnid>/*.JPEG       from ILSVRC2012_img_val.tar (or an extracted flat folder),
-                                labelled with the devkit's ground truth
-
-Examples:
-
     python prepare_imagenet.py --source DOWNLOADS --output data/imagenet
     python prepare_imagenet.py --train-tar T.tar --val-tar V.tar --devkit D.tar.gz --output OUT
     python prepare_imagenet.py --val-dir val_flat/ --devkit D.tar.gz --split val --output OUT
     python prepare_imagenet.py --check-only --devkit D.tar.gz --output OUT
 
-The archives are read in one pass and never unpacked to disk as a whole: ImageNet's
-train tar is ~140 GB and unpacking it first would need twice the space.
+OUT/train/<wnid>/ comes from the tar of per-class tars, OUT/val/<wnid>/ from the flat val tar (or folder) labelled
+with the devkit's ground truth. The archives are read member by member, never unpacked whole (the train tar is
+~140 GB). A rerun resumes: each train class is written into `<wnid>.partial` and renamed once complete, each val
+image is written to a temporary name and renamed. The run ends by checking class folders and image counts against
+the devkit, or the official totals without one. Exit codes: 0 complete, 1 incomplete (the report says what is
+missing), 2 bad input or I/O error (one line naming the file), 130 interrupted.
 
-A run can be interrupted and rerun with the same command: each train class is written
-into `<wnid>.partial` and renamed once complete, so finished classes are skipped and an
-unfinished one is redone; each val image is written to a temporary name and renamed,
-so existing val images are skipped.
-
-The run ends by checking the result (class folders, per-class and total image counts)
-against the devkit, or against the official ILSVRC2012 totals when no devkit is given.
-
-Exit codes: 0 complete, 1 incomplete (the report says what is missing),
-2 bad input or I/O error (one line naming the file), 130 interrupted.
-
-Reading meta.mat needs scipy (`pip install scipy`); everything else is the standard library
-(and two of this folder's torch-free modules: fileio.py, metrics.py).
+Reading meta.mat needs scipy; the rest is the standard library and this folder's torch-free fileio and metrics.
 """
 
 import argparse
 import collections
 import dataclasses
+import functools
 import io
 import os
 import posixpath
@@ -45,9 +32,8 @@ import zlib
 import fileio
 import metrics
 
-# Official ILSVRC2012 (ImageNet-1k) sizes, used to check the result when no devkit is given,
-# to point out a devkit that does not describe the official dataset, and by datasets.py to
-# tell whether a copy is complete.
+# The official ILSVRC2012 (ImageNet-1k) sizes: what a run without devkit checks, what tells a devkit of another
+# dataset, and what --verify-data compares a copy with.
 OFFICIAL_NUM_CLASSES = 1000
 OFFICIAL_SPLIT_SIZES = {"train": 1_281_167, "val": 50_000}
 
@@ -68,38 +54,29 @@ _PROG = "prepare_imagenet"
 
 
 class BadInput(Exception):
-    """An input file or option is missing, unreadable or malformed (exit code 2).
-
-    The message is one line that names the file or option at fault.
-    """
+    """An input file or option is missing, unreadable or malformed (exit code 2); one line naming it."""
 
 
-# --------------------------------------------------------------------------- progress
+def first_few(items, limit=10):
+    """'a, b, c' or 'a, b, c and 7 more': long lists stay readable in one line."""
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 class ProgressBar:
-    """A one-line progress display: count, percent, rate and ETA.
+    """One line: count, percent, rate, elapsed time and ETA.
 
-    Redraws at most once per `min_interval` seconds because redrawing once per image
-    (1.3 M times) would cost more than writing the image. On a terminal the line is
-    redrawn in place; in a log file a new line is written, less often, so logs stay short.
-    Work found already done (`skip`) moves the count but not the rate, so a resumed
-    run shows an honest ETA.
+    Drawn at most every `min_interval` seconds (once per image would cost more than writing it): in place on a
+    terminal, as a new line (every 30 s) in a log. Work an earlier run did (`skip`) moves the count but not the
+    rate, so a resumed run shows an honest ETA.
     """
 
-    def __init__(self, total, label, stream=None, min_interval=None, clock=time.monotonic,
-                 enabled=True):
-        self.total = total
-        self.label = label
+    def __init__(self, total, label, stream=None, min_interval=None, clock=time.monotonic, enabled=True):
+        self.total, self.label, self.enabled, self.clock = total, label, enabled, clock
         self.stream = sys.stderr if stream is None else stream
-        self.enabled = enabled
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        if min_interval is None:
-            min_interval = 0.25 if self._tty else 30.0
-        self.min_interval = min_interval
-        self.clock = clock
-        self.count = 0
-        self.skipped = 0
+        self.min_interval = (0.25 if self._tty else 30.0) if min_interval is None else min_interval
+        self.count = self.skipped = 0
         self._start = clock()
         self._last_draw = None
 
@@ -115,40 +92,30 @@ class ProgressBar:
         self._maybe_draw()
 
     def render(self):
-        """Return the progress line (without line ending)."""
         elapsed = max(self.clock() - self._start, 1e-9)
         rate = (self.count - self.skipped) / elapsed
         percent = 100.0 * self.count / self.total if self.total else 100.0
-        remaining = max(self.total - self.count, 0)
-        eta = metrics.format_hms(remaining / rate if rate > 0 else None)
+        eta = metrics.format_hms(max(self.total - self.count, 0) / rate if rate > 0 else None)
         return (f"{self.label}: {self.count:,}/{self.total:,} {percent:5.1f}% "
                 f"{rate:,.1f}/s elapsed {metrics.format_hms(elapsed)} ETA {eta}")
 
     def _maybe_draw(self):
-        if not self.enabled:
-            return
         now = self.clock()
-        if self._last_draw is not None and now - self._last_draw < self.min_interval:
-            return
-        self._last_draw = now
-        self._draw()
+        if self.enabled and (self._last_draw is None or now - self._last_draw >= self.min_interval):
+            self._last_draw = now
+            self._draw()
 
     def _draw(self):
-        line = self.render()
-        if self._tty:
-            self.stream.write("\r" + line.ljust(79))
-        else:
-            self.stream.write(line + "\n")
+        self.stream.write("\r" + self.render().ljust(79) if self._tty else self.render() + "\n")
         self.stream.flush()
 
     def close(self):
         """Draw the final state and end the line."""
-        if not self.enabled:
-            return
-        self._draw()
-        if self._tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self.enabled:
+            self._draw()
+            if self._tty:
+                self.stream.write("\n")
+                self.stream.flush()
 
 
 # --------------------------------------------------------------------------- devkit
@@ -156,16 +123,9 @@ class ProgressBar:
 
 @dataclasses.dataclass(frozen=True)
 class Devkit:
-    """What the devkit says about the 1000 classes.
-
-    id_to_wnid: ILSVRC2012_ID (1..1000) -> WNID, leaf synsets only.
-    train_counts: WNID -> number of train images, or None if meta.mat lacks them.
-    val_labels: WNID of val image i+1 (ILSVRC2012_val_0000000{i+1}.JPEG).
-    """
-
-    id_to_wnid: dict
-    train_counts: object
-    val_labels: list
+    id_to_wnid: dict  # ILSVRC2012_ID (1..1000) -> WNID, leaf synsets only
+    train_counts: object  # WNID -> number of train images, or None if meta.mat lacks them
+    val_labels: list  # WNID of val image i+1 (ILSVRC2012_val_{i+1:08d}.JPEG)
 
 
 def _scalar(value):
@@ -194,11 +154,8 @@ def load_meta_mat(data, source):
 
 
 def parse_meta(mat, source):
-    """Return (id_to_wnid, train_counts) for the leaf synsets in a loaded meta.mat.
-
-    meta.mat lists 1860 synsets; only those without children (ILSVRC2012_ID 1..1000)
-    are classes. num_train_images gives the expected per-class train counts.
-    """
+    """(id_to_wnid, train_counts) of a loaded meta.mat: of its 1860 synsets, those without children
+    (ILSVRC2012_ID 1..1000) are the classes; num_train_images gives the per-class train counts."""
     if "synsets" not in mat:
         raise BadInput(f"{source}: no 'synsets' variable; is this the ILSVRC2012 devkit's meta.mat?")
     synsets = mat["synsets"].reshape(-1)
@@ -206,8 +163,7 @@ def parse_meta(mat, source):
     for needed in ("ILSVRC2012_ID", "WNID", "num_children"):
         if needed not in fields:
             raise BadInput(f"{source}: synsets lack the field {needed!r}")
-    id_to_wnid = {}
-    counts = {}
+    id_to_wnid, counts = {}, {}
     try:
         for synset in synsets:
             if int(_scalar(synset["num_children"])) != 0:
@@ -299,26 +255,19 @@ def read_devkit(path):
 def check_member_name(name, archive):
     """Reject archive member names that could write outside the output folder."""
     parts = name.replace("\\", "/").split("/")
-    if (not name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name)
-            or ".." in parts):
-        raise BadInput(f"{archive}: unsafe member name {name!r} (absolute or with '..'); "
-                       "refusing to read this archive")
+    if not name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
+        raise BadInput(f"{archive}: unsafe member name {name!r} (absolute or with '..'); refusing to read this archive")
 
 
 def count_images(folder):
-    """Count finished files in a class folder; hidden names are temporary files."""
+    """Finished files in a class folder; hidden names are temporary files."""
     with os.scandir(folder) as entries:
         return sum(1 for e in entries if e.is_file() and not e.name.startswith("."))
 
 
-def _write_atomic(src, dest):
-    """Copy the stream `src` to `dest` so that `dest` only ever holds a whole file, even after a power loss."""
-    fileio.atomic_write(dest, lambda out: shutil.copyfileobj(src, out))
-
-
 def _remove_temp_files(split_dir):
-    """Delete the temporary files a killed run left in `split_dir`'s class folders (hidden, ending in .tmp):
-    the image each was meant to become is written again, under a new temporary name."""
+    """Delete the hidden .tmp files a killed run left in `split_dir`'s class folders: their images are written
+    again, under new temporary names."""
     if not os.path.isdir(split_dir):
         return
     with os.scandir(split_dir) as classes:
@@ -330,50 +279,21 @@ def _remove_temp_files(split_dir):
             os.unlink(path)
 
 
-def _is_done(dest, size):
-    """A val image counts as done if it exists with the expected size."""
-    try:
-        return os.stat(dest).st_size == size
-    except FileNotFoundError:
-        return False
-
-
 @dataclasses.dataclass
 class TrainResult:
     written: list = dataclasses.field(default_factory=list)  # classes extracted by this run
     skipped: list = dataclasses.field(default_factory=list)  # classes finished earlier
-    redone: list = dataclasses.field(default_factory=list)   # leftover .partial classes redone
-    images: int = 0                                           # images written by this run
+    redone: list = dataclasses.field(default_factory=list)  # leftover .partial classes redone
+    images: int = 0  # images written by this run
     ignored: list = dataclasses.field(default_factory=list)  # outer members that are not <wnid>.tar
-
-
-def _extract_class_tar(fileobj, dest, label, progress):
-    """Stream one per-class tar into `dest`; returns the number of images written."""
-    written = 0
-    try:
-        inner = tarfile.open(fileobj=fileobj, mode="r|")
-    except _ARCHIVE_ERRORS as exc:
-        raise BadInput(f"{label}: not a tar archive ({exc})") from exc
-    with inner:
-        for member in inner:
-            check_member_name(member.name, label)
-            if not member.isfile():
-                continue
-            name = posixpath.basename(member.name)
-            with open(os.path.join(dest, name), "wb") as out:
-                shutil.copyfileobj(inner.extractfile(member), out)
-            written += 1
-            progress.advance(1)
-    return written
 
 
 def prepare_train(train_tar, out_dir, progress):
     """Write OUT/train/<wnid>/ from the outer train tar; returns a TrainResult.
 
-    The outer tar is opened for random access ("r:") rather than as a pure stream so
-    that a resumed run seeks over the classes it already finished instead of reading
-    through their ~100 GB; it is still read member by member and never unpacked as a
-    whole. Each per-class tar is streamed ("r|") straight from the outer member.
+    The outer tar is opened for random access ("r:"), not as a stream, so that a resumed run seeks over the
+    classes it finished instead of reading through their ~100 GB; each per-class tar is streamed ("r|") straight
+    from its member.
     """
     train_dir = os.path.join(out_dir, "train")
     os.makedirs(train_dir, exist_ok=True)
@@ -401,8 +321,14 @@ def prepare_train(train_tar, out_dir, progress):
                     shutil.rmtree(partial)
                     result.redone.append(wnid)
                 os.makedirs(partial)
-                result.images += _extract_class_tar(outer.extractfile(member), partial, current,
-                                                    progress)
+                with tarfile.open(fileobj=outer.extractfile(member), mode="r|") as inner:
+                    for item in inner:
+                        check_member_name(item.name, current)
+                        if item.isfile():
+                            with open(os.path.join(partial, posixpath.basename(item.name)), "wb") as out:
+                                shutil.copyfileobj(inner.extractfile(item), out)
+                            result.images += 1
+                            progress.advance(1)
                 # The rename is what marks the class finished; before it, a rerun redoes it.
                 os.rename(partial, final)
                 result.written.append(wnid)
@@ -413,85 +339,55 @@ def prepare_train(train_tar, out_dir, progress):
 
 @dataclasses.dataclass
 class ValResult:
-    written: int = 0         # images written by this run
-    skipped: int = 0         # images an earlier run already wrote
+    written: int = 0  # images written by this run
+    skipped: int = 0  # images an earlier run already wrote
     unrecognised: list = dataclasses.field(default_factory=list)  # names not ILSVRC2012_val_*.JPEG
 
 
-def _val_destination(name, val_labels, val_dir, source):
-    """Return OUT/val/<wnid>/<name> for a val image name, or None if it is not one."""
-    match = VAL_NAME_RE.fullmatch(name)
-    if match is None:
-        return None
-    index = int(match.group(1))
-    if not 1 <= index <= len(val_labels):
-        raise BadInput(f"{source}: {name} has no label; the devkit ground truth lists "
-                       f"{len(val_labels)} images")
-    return os.path.join(val_dir, val_labels[index - 1], name)
-
-
-def _ensure_parent(dest, made):
-    parent = os.path.dirname(dest)
-    if parent not in made:
-        os.makedirs(parent, exist_ok=True)
-        made.add(parent)
-
-
-def prepare_val_from_tar(val_tar, val_labels, out_dir, progress):
-    """Write OUT/val/<wnid>/ from the flat val tar, streamed in one pass; returns a ValResult."""
+def prepare_val(source, val_labels, out_dir, progress):
+    """Write OUT/val/<wnid>/ from the flat val tar (streamed in one pass) or an extracted flat folder; returns a
+    ValResult. An image is done when it exists with its size; each is written atomically."""
     val_dir = os.path.join(out_dir, "val")
     _remove_temp_files(val_dir)
     result = ValResult()
-    made = set()
-    current = val_tar
-    try:
-        with tarfile.open(val_tar, mode="r|") as tar:
-            for member in tar:
-                current = f"{val_tar}: {member.name}"
-                check_member_name(member.name, val_tar)
-                if not member.isfile():
-                    continue
-                name = posixpath.basename(member.name)
-                dest = _val_destination(name, val_labels, val_dir, val_tar)
-                if dest is None:
-                    result.unrecognised.append(member.name)
-                    continue
-                if _is_done(dest, member.size):
-                    result.skipped += 1
-                    progress.skip(1)
-                    continue
-                _ensure_parent(dest, made)
-                _write_atomic(tar.extractfile(member), dest)
-                result.written += 1
-                progress.advance(1)
-    except _ARCHIVE_ERRORS as exc:
-        raise BadInput(f"{current}: not a readable tar archive ({exc})") from exc
-    return result
 
-
-def prepare_val_from_dir(val_dir_in, val_labels, out_dir, progress):
-    """Copy an extracted flat val folder into OUT/val/<wnid>/; returns a ValResult."""
-    val_dir = os.path.join(out_dir, "val")
-    _remove_temp_files(val_dir)
-    result = ValResult()
-    made = set()
-    with os.scandir(val_dir_in) as entries:
-        names = sorted(e.name for e in entries if e.is_file())
-    for name in names:
-        dest = _val_destination(name, val_labels, val_dir, val_dir_in)
-        if dest is None:
+    def place(name, size, open_source):
+        match = VAL_NAME_RE.fullmatch(posixpath.basename(name))
+        if match is None:
             result.unrecognised.append(name)
-            continue
-        src_path = os.path.join(val_dir_in, name)
-        if _is_done(dest, os.path.getsize(src_path)):
+            return
+        index = int(match.group(1))
+        if not 1 <= index <= len(val_labels):
+            raise BadInput(f"{source}: {posixpath.basename(name)} has no label; the devkit ground truth lists "
+                           f"{len(val_labels)} images")
+        dest = os.path.join(val_dir, val_labels[index - 1], posixpath.basename(name))
+        if os.path.isfile(dest) and os.path.getsize(dest) == size:
             result.skipped += 1
             progress.skip(1)
-            continue
-        _ensure_parent(dest, made)
-        with open(src_path, "rb") as src:
-            _write_atomic(src, dest)
+            return
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with open_source() as src:
+            fileio.atomic_write(dest, lambda out: shutil.copyfileobj(src, out))
         result.written += 1
         progress.advance(1)
+
+    if os.path.isdir(source):
+        with os.scandir(source) as entries:
+            names = sorted(e.name for e in entries if e.is_file())
+        for name in names:
+            path = os.path.join(source, name)
+            place(name, os.path.getsize(path), functools.partial(open, path, "rb"))
+        return result
+    current = source
+    try:
+        with tarfile.open(source, mode="r|") as tar:
+            for member in tar:
+                current = f"{source}: {member.name}"
+                check_member_name(member.name, source)
+                if member.isfile():
+                    place(member.name, member.size, functools.partial(tar.extractfile, member))
+    except _ARCHIVE_ERRORS as exc:
+        raise BadInput(f"{current}: not a readable tar archive ({exc})") from exc
     return result
 
 
@@ -500,26 +396,22 @@ def prepare_val_from_dir(val_dir_in, val_labels, out_dir, progress):
 
 @dataclasses.dataclass(frozen=True)
 class Expectation:
-    """What a finished split should contain.
-
-    wnids / counts are None when unknown (no devkit): then only totals are checked.
-    """
+    """What a finished split should contain; wnids and counts are None when unknown (no devkit): then only the
+    totals are checked."""
 
     num_classes: int
     num_images: int
-    wnids: object = None   # frozenset of class folder names
+    wnids: object = None  # frozenset of class folder names
     counts: object = None  # dict wnid -> image count
 
 
 def expectation_for(split, devkit):
     """Expected content of `split` ("train" or "val") from the devkit, else the official totals."""
+    if devkit is None:
+        return Expectation(OFFICIAL_NUM_CLASSES, OFFICIAL_SPLIT_SIZES[split])
     if split == "val":
-        if devkit is None:
-            return Expectation(OFFICIAL_NUM_CLASSES, OFFICIAL_SPLIT_SIZES["val"])
         counts = dict(collections.Counter(devkit.val_labels))
         return Expectation(len(counts), sum(counts.values()), frozenset(counts), counts)
-    if devkit is None:
-        return Expectation(OFFICIAL_NUM_CLASSES, OFFICIAL_SPLIT_SIZES["train"])
     wnids = frozenset(devkit.id_to_wnid.values())
     if devkit.train_counts is None:
         return Expectation(len(wnids), OFFICIAL_SPLIT_SIZES["train"], wnids)
@@ -531,11 +423,11 @@ def expectation_for(split, devkit):
 class SplitReport:
     split: str
     expected: Expectation
-    found: dict        # finished class folder -> image count
-    missing: list      # expected classes without a finished folder
-    extra: list        # finished folders that are not expected classes
+    found: dict  # finished class folder -> image count
+    missing: list  # expected classes without a finished folder
+    extra: list  # finished folders that are not expected classes
     wrong_counts: list  # (wnid, found, expected) for classes with the wrong image count
-    partial: list      # classes left as <wnid>.partial by an interrupted run
+    partial: list  # classes left as <wnid>.partial by an interrupted run
 
     @property
     def num_images(self):
@@ -543,15 +435,13 @@ class SplitReport:
 
     @property
     def complete(self):
-        return (not self.missing and not self.extra and not self.wrong_counts
-                and not self.partial and len(self.found) == self.expected.num_classes
-                and self.num_images == self.expected.num_images)
+        return (not self.missing and not self.extra and not self.wrong_counts and not self.partial
+                and len(self.found) == self.expected.num_classes and self.num_images == self.expected.num_images)
 
 
 def check_split(split_dir, split, expected):
     """Compare OUT/<split>/ with `expected`; returns a SplitReport."""
-    found = {}
-    partial = []
+    found, partial = {}, []
     if os.path.isdir(split_dir):
         with os.scandir(split_dir) as entries:
             folders = sorted(e.name for e in entries if e.is_dir())
@@ -569,14 +459,8 @@ def check_split(split_dir, split, expected):
     return SplitReport(split, expected, found, missing, extra, wrong, partial)
 
 
-def first_few(items, limit=10):
-    """'a, b, c' or 'a, b, c and 7 more': long lists stay readable in one line."""
-    shown = ", ".join(items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
-
-
 def format_report(report):
-    """Describe a SplitReport in a few lines: totals, then exactly what differs."""
+    """A SplitReport in a few lines: totals, then exactly what differs."""
     exp = report.expected
     status = "complete" if report.complete else "INCOMPLETE"
     lines = [f"{report.split}: {report.num_images:,} of {exp.num_images:,} images, "
@@ -600,10 +484,8 @@ def format_report(report):
 def devkit_note(devkit):
     """One line when the devkit does not describe the official dataset, else None."""
     train = sum(devkit.train_counts.values()) if devkit.train_counts else None
-    official = (len(devkit.id_to_wnid) == OFFICIAL_NUM_CLASSES
-                and len(devkit.val_labels) == OFFICIAL_SPLIT_SIZES["val"]
-                and train in (None, OFFICIAL_SPLIT_SIZES["train"]))
-    if official:
+    if (len(devkit.id_to_wnid) == OFFICIAL_NUM_CLASSES and len(devkit.val_labels) == OFFICIAL_SPLIT_SIZES["val"]
+            and train in (None, OFFICIAL_SPLIT_SIZES["train"])):
         return None
     train_text = f"{train:,}" if train is not None else "?"
     return (f"note: the devkit describes {len(devkit.id_to_wnid):,} classes, {train_text} train and "
@@ -620,16 +502,14 @@ def build_parser():
         description="Lay out ILSVRC2012 as OUT/train/<wnid>/*.JPEG and OUT/val/<wnid>/*.JPEG. "
                     "Rerun the same command to resume an interrupted run.",
         epilog="exit codes: 0 complete, 1 incomplete (see report), 2 bad input or I/O error")
-    parser.add_argument("--output", required=True, metavar="DIR",
-                        help="folder that receives train/ and val/")
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder that receives train/ and val/")
     parser.add_argument("--source", metavar="DIR",
                         help=f"folder holding {TRAIN_TAR_NAME}, {VAL_TAR_NAME} and {DEVKIT_NAME} "
                              "(options below override single files)")
     parser.add_argument("--train-tar", metavar="PATH", help=TRAIN_TAR_NAME)
     val = parser.add_mutually_exclusive_group()
     val.add_argument("--val-tar", metavar="PATH", help=VAL_TAR_NAME)
-    val.add_argument("--val-dir", metavar="DIR",
-                     help="already extracted flat folder of ILSVRC2012_val_*.JPEG")
+    val.add_argument("--val-dir", metavar="DIR", help="already extracted flat folder of ILSVRC2012_val_*.JPEG")
     parser.add_argument("--devkit", metavar="PATH",
                         help=f"{DEVKIT_NAME} or its extracted folder (needed for val; "
                              "for train it lets the check name missing classes)")
@@ -641,35 +521,20 @@ def build_parser():
     return parser
 
 
-@dataclasses.dataclass(frozen=True)
-class Inputs:
-    splits: tuple
-    train_tar: object
-    val_tar: object
-    val_dir: object
-    devkit: object
-
-
 def resolve_inputs(args):
-    """Pick the input paths from --source and explicit options; check they exist."""
+    """(splits, train tar, val tar or folder, devkit) from --source and the explicit options; checks they exist."""
     splits = ("train", "val") if args.split == "both" else (args.split,)
     source = args.source
     if source is not None and not os.path.isdir(source):
         raise BadInput(f"--source {source}: no such folder")
 
-    def from_source(explicit, name):
-        if explicit is not None:
-            return explicit
+    def in_source(name):
         return os.path.join(source, name) if source is not None else None
 
-    train_tar = from_source(args.train_tar, TRAIN_TAR_NAME)
-    val_tar = None if args.val_dir else from_source(args.val_tar, VAL_TAR_NAME)
-    devkit = args.devkit
-    if devkit is None and source is not None:
-        for name in (DEVKIT_NAME, DEVKIT_DIR_NAME):
-            if os.path.exists(os.path.join(source, name)):
-                devkit = os.path.join(source, name)
-                break
+    train_tar = args.train_tar or in_source(TRAIN_TAR_NAME)
+    val_tar = args.val_tar or in_source(VAL_TAR_NAME)
+    devkit = args.devkit or next((path for path in map(in_source, (DEVKIT_NAME, DEVKIT_DIR_NAME))
+                                  if path is not None and os.path.exists(path)), None)
     if devkit is not None and not os.path.exists(devkit):
         raise BadInput(f"--devkit {devkit}: no such file")
     if "val" in splits and devkit is None:
@@ -688,52 +553,42 @@ def resolve_inputs(args):
                 raise BadInput("val needs --val-tar, --val-dir or --source (or --split train)")
             elif not os.path.isfile(val_tar):
                 raise BadInput(f"--val-tar {val_tar}: no such file")
-    return Inputs(splits, train_tar, val_tar, args.val_dir, devkit)
+    return splits, train_tar, args.val_dir or val_tar, devkit
 
 
 def run(args, out=None, err=None):
     """Prepare and check the requested splits; returns the exit code (0 or 1)."""
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
-    inputs = resolve_inputs(args)
+    splits, train_tar, val_source, devkit_path = resolve_inputs(args)
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise BadInput(f"--output {args.output}: exists and is not a folder")
-    devkit = read_devkit(inputs.devkit) if inputs.devkit is not None else None
-    show = not args.no_progress
-
+    devkit = read_devkit(devkit_path) if devkit_path is not None else None
     if not args.check_only:
         os.makedirs(args.output, exist_ok=True)
-        if "train" in inputs.splits:
-            total = expectation_for("train", devkit).num_images
-            bar = ProgressBar(total, "train images", stream=err, enabled=show)
-            result = prepare_train(inputs.train_tar, args.output, bar)
+        if "train" in splits:
+            bar = ProgressBar(expectation_for("train", devkit).num_images, "train images", stream=err,
+                              enabled=not args.no_progress)
+            result = prepare_train(train_tar, args.output, bar)
             bar.close()
             print(f"train: classes written {len(result.written)} ({result.images:,} images), "
-                  f"finished earlier {len(result.skipped)}, unfinished redone {len(result.redone)}",
-                  file=out)
+                  f"finished earlier {len(result.skipped)}, unfinished redone {len(result.redone)}", file=out)
             if result.ignored:
                 print(f"train: ignored members that are not <wnid>.tar ({len(result.ignored)}): "
                       f"{first_few(result.ignored, 3)}", file=err)
-        if "val" in inputs.splits:
-            bar = ProgressBar(len(devkit.val_labels), "val images", stream=err, enabled=show)
-            if inputs.val_dir is not None:
-                result = prepare_val_from_dir(inputs.val_dir, devkit.val_labels, args.output, bar)
-            else:
-                result = prepare_val_from_tar(inputs.val_tar, devkit.val_labels, args.output, bar)
+        if "val" in splits:
+            bar = ProgressBar(len(devkit.val_labels), "val images", stream=err, enabled=not args.no_progress)
+            result = prepare_val(val_source, devkit.val_labels, args.output, bar)
             bar.close()
-            print(f"val: images written {result.written:,}, already present {result.skipped:,}",
-                  file=out)
+            print(f"val: images written {result.written:,}, already present {result.skipped:,}", file=out)
             if result.unrecognised:
                 print(f"val: ignored files not named ILSVRC2012_val_<8 digits>.JPEG "
-                      f"({len(result.unrecognised)}): {first_few(result.unrecognised, 3)}",
-                      file=err)
-
-    if devkit is not None:
-        note = devkit_note(devkit)
-        if note:
-            print(note, file=out)
+                      f"({len(result.unrecognised)}): {first_few(result.unrecognised, 3)}", file=err)
+    note = devkit_note(devkit) if devkit is not None else None
+    if note:
+        print(note, file=out)
     complete = True
-    for split in inputs.splits:
+    for split in splits:
         report = check_split(os.path.join(args.output, split), split, expectation_for(split, devkit))
         print(format_report(report), file=out)
         complete = complete and report.complete
@@ -742,9 +597,8 @@ def run(args, out=None, err=None):
 
 def main(argv=None):
     """Command-line entry point; returns the exit code instead of exiting."""
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse exits on --help and on bad options
         return exc.code if isinstance(exc.code, int) else 2
     try:

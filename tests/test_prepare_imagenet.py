@@ -376,7 +376,7 @@ def test_inner_member_that_is_not_a_tar_exits_2(tmp_path, capsys):
     argv = ["--train-tar", str(outer_path), "--split", "train", "--output", str(tmp_path / "out"),
             "--no-progress"]
     assert prep.main(argv) == 2
-    assert_one_line_error(capsys, "n00000001.tar", "not a tar")
+    assert_one_line_error(capsys, "n00000001.tar", "not a readable tar")
     assert not (tmp_path / "out" / "train" / "n00000001").exists()
 
 
