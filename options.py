@@ -25,6 +25,8 @@ COMPILE_DIST_TIMEOUT_MIN = 120.0
 OPTIMIZERS = ("sgd", "sgd_nesterov", "rmsprop", "adamw", "lars")
 # FFCV's ResNet-50 configurations (rn50_configs/rn50_{epochs}_epochs.yaml): epochs -> (start_ramp, end_ramp).
 FFCV_RES_RAMPS = {16: (11, 13), 24: (17, 20), 32: (23, 27), 40: (29, 34), 56: (41, 48), 88: (65, 76)}
+DEFAULT_LR = 0.1  # torchvision's reference default
+GOYAL_WARMUP_EPOCHS = 5  # Goyal et al. 2017: large batches diverge early at full lr without a gradual warmup
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -136,7 +138,12 @@ def add_model_args(g):
                    help="images per process (global batch = b x processes)")
     g.add_argument("--epochs", default=90, type=POSITIVE_INT, metavar="N", help="number of total epochs to run")
     g.add_argument("--opt", default="sgd", type=str.lower, choices=OPTIMIZERS, help="optimizer")
-    g.add_argument("--lr", default=0.1, type=POSITIVE, help="initial learning rate")
+    g.add_argument("--lr", default=None, type=POSITIVE,
+                   help=f"initial learning rate (default {DEFAULT_LR:g}, or the one --lr-per-256 sets)")
+    g.add_argument("--lr-per-256", default=None, type=POSITIVE, metavar="LR",
+                   help="linear scaling rule (Goyal et al. 2017): --lr = LR x global batch / 256, with their "
+                        f"{GOYAL_WARMUP_EPOCHS} epochs of warmup above a global batch of 256; an explicit --lr or "
+                        "--lr-warmup-epochs wins")
     g.add_argument("--momentum", default=0.9, type=number(float, 0, 1, high_open=True), metavar="M", help="momentum")
     g.add_argument("--lars-trust-coefficient", default=0.001, type=POSITIVE, metavar="ETA",
                    help="--opt lars: the trust coefficient eta of the layer-wise ratio (MLPerf: 0.001)")
@@ -150,7 +157,8 @@ def add_model_args(g):
     g.add_argument("--label-smoothing", default=0.0, type=number(float, 0, 1, high_open=True), help="label smoothing")
     g.add_argument("--lr-scheduler", default="steplr", type=str.lower, choices=utils.LRSchedule.NAMES,
                    help="the main schedule after warmup")
-    g.add_argument("--lr-warmup-epochs", default=0, type=COUNT, help="epochs of warmup (applied per iteration)")
+    g.add_argument("--lr-warmup-epochs", default=None, type=COUNT,
+                   help="epochs of warmup, applied per iteration (default 0, or the one --lr-per-256 sets)")
     g.add_argument("--lr-warmup-method", default="constant", type=str.lower, choices=utils.LRSchedule.WARMUPS,
                    help="the warmup shape")
     g.add_argument("--lr-warmup-decay", default=0.01, type=number(float, 0, 1, low_open=True),
@@ -199,6 +207,9 @@ def add_run_args(g):
     g.add_argument("--target-acc", default=None, type=number(float, 0, 100, low_open=True),
                    help="stop at the first evaluation with Acc@1 >= this (e.g. 75.9)")
     g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to OUTPUT/tensorboard")
+    g.add_argument("--dry-run", action="store_true",
+                   help="check the options, print the global batch, lr and warmup they give, and exit (the launch "
+                        "scripts do this once before starting any process)")
     g.add_argument("--max-steps-per-epoch", default=None, type=POSITIVE_INT,
                    help="cut every epoch after N steps (smoke tests)")
     g.add_argument("--world-size", default=1, type=POSITIVE_INT,
@@ -242,6 +253,24 @@ def validate_args(args) -> None:
         raise ConfigError(f"--resume {args.resume}: no such file (use --resume auto to pick the newest in --output-dir)")
     if args.resume == "auto" and not args.output_dir:
         raise ConfigError("--resume auto looks in --output-dir; set --output-dir")
+    args.lr_note = resolve_lr(args, launched["world_size"] if launched else 1)
+
+
+def resolve_lr(args, world_size: int) -> str:
+    """Sets --lr and --lr-warmup-epochs once the global batch is known; returns how they were chosen, for the log.
+    --lr-per-256 is Goyal et al.'s rule (linear lr scaling plus gradual warmup), which the launch scripts use."""
+    global_batch = args.batch_size * world_size
+    scaling = args.lr_per_256 is not None
+    if args.lr is not None:
+        source = "given"
+    elif scaling:
+        args.lr, source = args.lr_per_256 * global_batch / 256, f"{args.lr_per_256:g} x {global_batch} / 256"
+    else:
+        args.lr, source = DEFAULT_LR, "default"
+    if args.lr_warmup_epochs is None:
+        args.lr_warmup_epochs = GOYAL_WARMUP_EPOCHS if scaling and global_batch > 256 else 0
+    return (f"global batch {global_batch} ({world_size} process(es) x {args.batch_size}), lr {args.lr:.10g} ({source}), "
+            f"warmup {args.lr_warmup_epochs} epochs")
 
 
 def run_device(args) -> torch.device:

@@ -143,6 +143,9 @@ def data_config(args, device: torch.device, dist_info: utils.DistInfo, *, endles
 # ------------------------------------------------------------------------------------------------------------
 def main(args) -> int:
     validate_args(args)
+    if args.dry_run:
+        print(f"dry run: {args.lr_note}; options checked, nothing started", flush=True)
+        return 0
     if args.verify_data:
         return datasets.run_verify(args.data_path, args.workers)
 
@@ -314,9 +317,8 @@ def run_training(args, run: Run, log) -> int:
     power = accelerator.PowerMonitor(device)
     power.start()
     stop = utils.StopAgreement(utils.PreemptionFlag().install(), dist_info)
-    log(f"training {args.model}: {dist_info.world_size} process(es) x batch {args.batch_size} = global batch "
-        f"{run.global_batch}, {run.steps_per_epoch} steps/epoch, epochs {progress.epoch}..{args.epochs - 1}, "
-        f"seed {args.seed}")
+    log(f"training {args.model}: {args.lr_note}, {run.steps_per_epoch} steps/epoch, "
+        f"epochs {progress.epoch}..{args.epochs - 1}, seed {args.seed}")
     status = "running"  # what summary.json says if the run dies with an error
     try:
         status = train_epochs(args, run, train_step, criterion, val_loader, progress, manager, sink, stop, log)

@@ -5,9 +5,11 @@
 # so that the only thing that differs between recipes is visible in that line.
 #
 # The command it builds is, in order:
-#   torchrun flags | train.py | recipe defaults | computed -b/--lr/warmup | user arguments
-# User arguments come last so they override anything before them (argparse keeps the
-# last value of a repeated option).
+#   torchrun flags | train.py | launcher defaults | recipe | user arguments
+# Later options override earlier ones (argparse keeps the last value of a repeated option), so the user's
+# arguments win. The launcher does not read train.py's options: train.py resolves them (the lr of the linear
+# scaling rule, --lr-per-256, needs the global batch) and checks them once, with --dry-run, before torchrun
+# starts any process (torchrun would otherwise restart a bad command MAX_RESTARTS times on every node).
 #
 # Environment (all optional):
 #   NPROC_PER_NODE  processes per node (default: the script's)
@@ -19,12 +21,10 @@
 #                   checkpoint with --resume auto, so a restart loses at most one epoch)
 #   PYTHON          interpreter, a single word (default python3)
 #
-# A recipe script may set, before calling launch_recipe (the 90-epoch step recipe is the default):
-#   RECIPE          array of train.py options replacing the default recipe (before the computed ones)
-#   LR_PER_256      lr per 256 images of global batch for the linear scaling rule (default 0.1)
-#   LR_FIXED        an lr that does not scale with the batch (LARS recipes), instead of LR_PER_256
-#   WARMUP_EPOCHS   warmup epochs (default: 5 when the global batch exceeds 256, else none)
-#   WARMUP_DECAY    the warmup's starting fraction of the lr (default 0.01)
+# A recipe script may set RECIPE, an array of train.py options, before calling launch_recipe; the default is
+# the 90-epoch step recipe with Goyal et al.'s linear scaling rule (lr 0.1 per 256 images of global batch, 5
+# warmup epochs above a global batch of 256). Some vendor reference scripts keep lr 0.1 at a global batch of
+# 4,800 (16 x 300), which under-trains by ~19x; we do not copy that.
 
 # Print one error line naming the launcher and exit with status 2 (usage error), so a
 # misconfigured job fails before any process or GPU is touched.
@@ -40,49 +40,6 @@ _launch_require_int() {
     if ! [[ $value =~ ^[0-9]+$ ]] || ((10#$value < minimum)); then
         _launch_die "$name" "$var must be a whole number >= $minimum, got '$value'"
     fi
-}
-
-# Learning rate by the linear scaling rule of Goyal et al. 2017, "Accurate, Large Minibatch
-# SGD": 0.1 for every 256 images in the global batch. Some vendor reference scripts keep
-# lr 0.1 at a global batch of 4,800 (16 x 300), which under-trains by ~19x; we do not copy
-# that. awk does the division because bash has only integers; %.10g keeps exact values
-# such as 0.109375 readable.
-# $1: global batch, $2: lr per 256 images (default 0.1). Prints the lr.
-_launch_scaled_lr() {
-    awk -v batch="$1" -v base="${2:-0.1}" 'BEGIN { printf "%.10g\n", base * batch / 256 }'
-}
-
-# Scan the user's train.py arguments for the options the launcher must know about.
-# argparse accepts "--opt V", "--opt=V" and, for short options, "-bV" and "-b=V"; we accept
-# the same spellings. Abbreviations such as "--batch" are not recognised: spell options out.
-# Sets, in the caller's scope (declare them local there): _user_batch, _user_lr (empty if absent), _user_data_path
-# (1 if --data-path was given), _user_help (1 if -h/--help was given).
-# $1: script name, then the user's arguments.
-_launch_scan_args() {
-    local name=$1
-    shift
-    _user_batch="" _user_lr="" _user_data_path=0 _user_help=0
-    while (($# > 0)); do
-        case $1 in
-            -b | --batch-size)
-                (($# >= 2)) || _launch_die "$name" "$1 needs a value, e.g. $1 256"
-                _user_batch=$2
-                shift
-                ;;
-            --batch-size=*) _user_batch=${1#--batch-size=} ;;
-            -b=*) _user_batch=${1#-b=} ;;
-            -b?*) _user_batch=${1#-b} ;;
-            --lr)
-                (($# >= 2)) || _launch_die "$name" "--lr needs a value, e.g. --lr 0.1"
-                _user_lr=$2
-                shift
-                ;;
-            --lr=*) _user_lr=${1#--lr=} ;;
-            --data-path | --data-path=*) _user_data_path=1 ;;
-            -h | --help) _user_help=1 ;;
-        esac
-        shift
-    done
 }
 
 # Build and exec the torchrun command for one recipe.
@@ -132,29 +89,6 @@ launch_recipe() {
     local max_restarts=${MAX_RESTARTS:-3}
     _launch_require_int "$name" MAX_RESTARTS "$max_restarts" 0
 
-    local _user_batch _user_lr _user_data_path _user_help
-    _launch_scan_args "$name" "$@"
-    if ((_user_data_path == 0 && _user_help == 0)); then
-        _launch_die "$name" "missing --data-path; usage: bash scripts/$name.sh --data-path DIR [train.py options]"
-    fi
-
-    local batch=${_user_batch:-$default_batch}
-    _launch_require_int "$name" "--batch-size" "$batch" 1
-    batch=$((10#$batch))
-    local global_batch=$((batch * nproc * nnodes))
-
-    local lr lr_note lr_per_256=${LR_PER_256:-0.1}
-    if [[ -n $_user_lr ]]; then
-        lr=$_user_lr
-        lr_note="given"
-    elif [[ -n ${LR_FIXED:-} ]]; then
-        lr=$LR_FIXED
-        lr_note="the recipe's"
-    else
-        lr=$(_launch_scaled_lr "$global_batch" "$lr_per_256")
-        lr_note="$lr_per_256 x $global_batch / 256"
-    fi
-
     local -a recipe
     if [[ -n ${RECIPE+set} ]]; then
         recipe=("${RECIPE[@]}")
@@ -164,32 +98,35 @@ launch_recipe() {
             --epochs 90
             --opt sgd --momentum 0.9 --wd 1e-4
             --lr-scheduler steplr --lr-step-size 30 --lr-gamma 0.1
+            --lr-per-256 0.1
             --backend fast
         )
-    fi
-    recipe+=(
-        --resume auto
-        --output-dir "output/$name"
-        --batch-size "$batch"
-        --lr "$lr"
-    )
-    # Large batches diverge early at full lr without warmup (Goyal et al.); at 256 or less
-    # the base lr is already small enough.
-    local warmup_note="none" warmup_epochs=${WARMUP_EPOCHS:-}
-    if [[ -z $warmup_epochs ]] && ((global_batch > 256)); then
-        warmup_epochs=5
-    fi
-    if [[ -n $warmup_epochs ]] && ((warmup_epochs > 0)); then
-        recipe+=(--lr-warmup-epochs "$warmup_epochs" --lr-warmup-method linear --lr-warmup-decay "${WARMUP_DECAY:-0.01}")
-        warmup_note="$warmup_epochs epochs"
     fi
     case $precision in
         fp32) ;;
         amp) recipe+=(--amp --channels-last) ;;
         *) _launch_die "$name" "unknown precision '$precision' (expected fp32 or amp)" ;;
     esac
+    local -a train_args=(
+        --resume auto
+        --output-dir "output/$name"
+        --batch-size "$default_batch"
+        --lr-warmup-method linear --lr-warmup-decay 0.01
+        "${recipe[@]}"
+        "$@"
+    )
 
-    echo "$name: processes=$((nproc * nnodes)) ($nproc per node x $nnodes nodes) node_rank=$node_rank global_batch=$global_batch ($batch per process) lr=$lr ($lr_note) warmup=$warmup_note master=$master_addr:$master_port"
+    # One process checks every option with this launch's world size and says what they resolve to; a usage
+    # error ends here, once, with train.py's one-line message and exit code 2.
+    local checked
+    checked=$(WORLD_SIZE=$((nproc * nnodes)) RANK=0 LOCAL_RANK=0 LOCAL_WORLD_SIZE=$nproc \
+        "$python" "$repo/train.py" "${train_args[@]}" --dry-run) || exit $?
+    if [[ $checked != *"dry run: "* ]]; then  # --help: train.py printed its usage; nothing to launch
+        printf '%s\n' "$checked"
+        exit 0
+    fi
+    checked=${checked##*dry run: }
+    echo "$name: processes=$((nproc * nnodes)) ($nproc per node x $nnodes nodes) node_rank=$node_rank master=$master_addr:$master_port; ${checked%%; options checked*}"
 
     # Logs from several processes interleave; unbuffered output keeps lines whole and timely.
     export PYTHONUNBUFFERED=${PYTHONUNBUFFERED:-1}
@@ -201,5 +138,5 @@ launch_recipe() {
         --master-addr "$master_addr" \
         --master-port "$master_port" \
         --max-restarts "$max_restarts" \
-        "$repo/train.py" "${recipe[@]}" "$@"
+        "$repo/train.py" "${train_args[@]}"
 }

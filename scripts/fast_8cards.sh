@@ -11,9 +11,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
 RECIPE=(
     --model resnet50 --epochs 40
     --opt sgd --momentum 0.9 --wd 1e-4 --norm-weight-decay 0 --label-smoothing 0.1
-    --lr-scheduler linear --lr-min 0
+    --lr-per-256 0.10625 --lr-warmup-epochs 2 --lr-warmup-decay 0.0001 --lr-scheduler linear --lr-min 0
     --min-res 160 --max-res 192 --val-resize-size 292 --val-crop-size 256 --val-flip-tta
     --backend fast --target-acc 75.9
 )
-LR_PER_256=0.10625 WARMUP_EPOCHS=2 WARMUP_DECAY=0.0001
 launch_recipe fast_8cards 8 1 512 amp "$@"

@@ -11,8 +11,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
 RECIPE=(
     --model resnet50 --epochs 44
     --opt lars --momentum 0.9 --wd 2e-4 --lars-trust-coefficient 0.001 --lars-eps 0 --label-smoothing 0.1
-    --lr-scheduler poly --lr-power 2 --lr-min 1e-4
+    --lr 17 --lr-warmup-epochs 5 --lr-warmup-decay 0.001 --lr-scheduler poly --lr-power 2 --lr-min 1e-4
     --backend fast --target-acc 75.9
 )
-LR_FIXED=17 WARMUP_EPOCHS=5 WARMUP_DECAY=0.001
 launch_recipe lars_16cards 8 2 480 amp "$@"

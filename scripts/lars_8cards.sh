@@ -11,8 +11,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
 RECIPE=(
     --model resnet50 --epochs 37
     --opt lars --momentum 0.9 --wd 5e-5 --lars-trust-coefficient 0.001 --lars-eps 0 --label-smoothing 0.1
-    --lr-scheduler poly --lr-power 2 --lr-min 1e-4
+    --lr 10.5 --lr-warmup-epochs 2 --lr-warmup-decay 0.001 --lr-scheduler poly --lr-power 2 --lr-min 1e-4
     --backend fast --target-acc 75.9
 )
-LR_FIXED=10.5 WARMUP_EPOCHS=2 WARMUP_DECAY=0.001
 launch_recipe lars_8cards 8 1 480 amp "$@"

@@ -29,7 +29,7 @@ def test_two_nodes_train_only_rank0_prints_and_writes_weights_identical(tmp_path
     nodes = [launch_node(r, port, data, tmp_path / f"out{r}") for r in (0, 1)]
     outputs = [p.communicate(timeout=400)[0] for p in nodes]
     assert [p.returncode for p in nodes] == [0, 0], "\n\n".join(o[-3000:] for o in outputs)
-    assert "2 process(es) x batch 4 = global batch 8" in outputs[0]
+    assert "global batch 8 (2 process(es) x 4)" in outputs[0]
     assert "weights identical on all 2 ranks" in outputs[0]
     # Only rank 0 prints: each step line appears once, and not at all on node 1.
     assert outputs[0].count("Epoch: [0] [2/2]") == 1 and "Epoch: [" not in outputs[1], outputs[1][-3000:]

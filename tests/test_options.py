@@ -5,6 +5,7 @@ import subprocess
 
 import pytest
 
+import options
 import train
 from conftest import TEST_ENV, train_cmd
 
@@ -75,3 +76,20 @@ def test_a_user_sees_one_line_and_exit_code_2():
                           env={**__import__("os").environ, **TEST_ENV}, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == ["train.py: error: argument --lr: must be > 0, got nan (see --help)"]
+
+
+def test_lr_per_256_is_the_linear_scaling_rule_with_warmup_and_explicit_values_win():
+    """--lr-per-256 (what the launch scripts pass) resolves once the global batch is known; without it the lr and
+    warmup are torchvision's defaults."""
+    def resolved(argv, world_size):
+        args = train.get_args_parser().parse_args(argv)
+        note = options.resolve_lr(args, world_size)
+        return args.lr, args.lr_warmup_epochs, note
+
+    lr, warmup, note = resolved(["--lr-per-256", "0.1", "-b", "64"], 8)
+    assert (lr, warmup) == (pytest.approx(0.2), 5)
+    assert note == "global batch 512 (8 process(es) x 64), lr 0.2 (0.1 x 512 / 256), warmup 5 epochs"
+    assert resolved(["--lr-per-256", "0.1", "-b", "32"], 8)[:2] == (pytest.approx(0.1), 0)  # 256: no warmup
+    assert resolved(["-b", "512"], 8)[:2] == (0.1, 0)  # no rule: torchvision's defaults whatever the batch
+    lr, warmup, note = resolved(["--lr-per-256", "0.1", "--lr", "0.5", "--lr-warmup-epochs", "2", "-b", "512"], 8)
+    assert (lr, warmup) == (0.5, 2) and "lr 0.5 (given), warmup 2 epochs" in note

@@ -1,8 +1,10 @@
 """Tests for the launch scripts (scripts/*.sh, slurm_16cards.sbatch).
 
-Most tests replace the interpreter with a fake PYTHON that prints its arguments, so the exact
-torchrun command each script builds can be checked without starting anything. The tests at the
-end run the real train.py for a couple of steps on CPU through one script per way of launching.
+Most tests replace the interpreter with a fake PYTHON that prints the torchrun command it gets, so the exact
+command each script builds can be checked without starting anything; the fake answers train.py's --dry-run check
+as train.py does for good options, and the tests resolve the options with train.py's own parser in process. A few
+tests let the real train.py do the check, and the tests at the end run the real train.py for a couple of steps on
+CPU through one script per way of launching.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import options
 import train as train_py
 from conftest import free_port, make_imagefolder
 
@@ -39,6 +42,20 @@ MULTI_NODE = {"fp32_16cards", "amp_16cards"}
 LAUNCH_VARS = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "MAX_RESTARTS", "PYTHON",
                "TEST_SKIP_INSTALL", "DEMO_SKIP_INSTALL")
 FAKE_MARK = "FAKE_ARGV "
+CHECK_MARK = "FAKE_CHECK "
+# The fake interpreter: torchrun's command is printed; train.py --dry-run is answered as train.py answers good
+# options, after recording what it was asked (with REAL_CHECK=1 the real train.py does the check).
+FAKE_PYTHON = f"""#!{sys.executable}
+import json, os, sys
+if "--dry-run" not in sys.argv:
+    print({FAKE_MARK!r} + json.dumps(sys.argv[1:]))
+elif os.environ.get("REAL_CHECK"):
+    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+else:
+    print({CHECK_MARK!r} + json.dumps({{"argv": sys.argv[1:], "world_size": os.environ.get("WORLD_SIZE")}}),
+          file=sys.stderr)  # the launcher keeps the check's stdout to itself
+    print("dry run: checked by a stand-in; options checked, nothing started")
+"""
 
 
 def _clean_env(**extra: str) -> dict:
@@ -55,11 +72,7 @@ def _write_executable(path: Path, text: str) -> Path:
 
 @pytest.fixture
 def fake_python(tmp_path) -> Path:
-    """An interpreter stand-in that prints its argv as one JSON line."""
-    return _write_executable(
-        tmp_path / "fake_python",
-        f"#!{sys.executable}\nimport json, sys\nprint({FAKE_MARK!r} + json.dumps(sys.argv[1:]))\n",
-    )
+    return _write_executable(tmp_path / "fake_python", FAKE_PYTHON)
 
 
 def _run(script: str, args: list[str], env: dict, cwd: Path, timeout: int = 60) -> subprocess.CompletedProcess:
@@ -77,9 +90,21 @@ def _launch(script: str, args: list[str], fake_python: Path, tmp_path: Path, **e
     lines = result.stdout.splitlines()
     fake = [line for line in lines if line.startswith(FAKE_MARK)]
     assert len(fake) == 1, result.stdout
+    argv = json.loads(fake[0][len(FAKE_MARK) :])
+    checks = [json.loads(line[len(CHECK_MARK) :]) for line in result.stderr.splitlines() if line.startswith(CHECK_MARK)]
+    if not env.get("REAL_CHECK"):  # the check saw the very options torchrun gets, with the launch's world size
+        torchrun, train = _split(argv)
+        world_size = int(_last_value(torchrun, "--nproc-per-node")) * int(_last_value(torchrun, "--nnodes"))
+        assert checks == [{"argv": [str(REPO / "train.py"), *train, "--dry-run"], "world_size": str(world_size)}]
     summary = [line for line in lines if not line.startswith(FAKE_MARK)]
     assert len(summary) == 1, result.stdout  # exactly one line before launching
-    return summary[0], json.loads(fake[0][len(FAKE_MARK) :])
+    return summary[0], argv
+
+
+def _resolved(train: list[str], world_size: int):
+    """train.py's parsed options with the lr and warmup resolved for `world_size` processes, and its note."""
+    args = train_py.get_args_parser().parse_args(train)
+    return args, options.resolve_lr(args, world_size)
 
 
 def _last_value(argv: list[str], option: str) -> str | None:
@@ -125,12 +150,15 @@ def test_recipe_command_line(name, fake_python, tmp_path):
     assert _last_value(train, "--resume") == "auto"
     assert _last_value(train, "--output-dir") == f"output/{name}"
     assert _last_value(train, "--batch-size") == str(batch)
-    assert float(_last_value(train, "--lr")) == pytest.approx(lr, rel=1e-12)
-    assert float(_last_value(train, "--lr")) == pytest.approx(0.1 * batch * nproc * nnodes / 256, rel=1e-12)
+    assert "--lr" not in train and _last_value(train, "--lr-per-256") == "0.1"  # train.py scales the lr
+    global_batch = batch * nproc * nnodes
+    args, note = _resolved(train, nproc * nnodes)
+    assert args.lr == pytest.approx(lr, rel=1e-12)
+    assert args.lr == pytest.approx(0.1 * global_batch / 256, rel=1e-12)
     # Every recipe's global batch is above 256, so all warm up.
-    assert _last_value(train, "--lr-warmup-epochs") == "5"
-    assert _last_value(train, "--lr-warmup-method") == "linear"
-    assert float(_last_value(train, "--lr-warmup-decay")) == 0.01
+    assert (args.lr_warmup_epochs, args.lr_warmup_method, args.lr_warmup_decay) == (5, "linear", 0.01)
+    assert note == (f"global batch {global_batch} ({nproc * nnodes} process(es) x {batch}), lr {lr:.10g} "
+                    f"(0.1 x {global_batch} / 256), warmup 5 epochs")
     assert ("--amp" in train) == amp
     assert ("--channels-last" in train) == amp
     assert train[-2:] == ["--data-path", "/data/imagenet"]  # user arguments come last
@@ -138,11 +166,8 @@ def test_recipe_command_line(name, fake_python, tmp_path):
     # The recipe's options are train.py's: it parses and validates them as a launched run would (a real run of
     # each recipe would pay ~10 s of process start-up for this; the scripts that train for real are below).
     train_py.validate_args(train_py.get_args_parser().parse_args(train))
-
-    global_batch = batch * nproc * nnodes
     assert summary.startswith(f"{name}: processes={nproc * nnodes} ")
-    assert f"global_batch={global_batch} " in summary
-    assert f"lr={_last_value(train, '--lr')} " in summary
+    assert summary.endswith("; checked by a stand-in")  # the check's answer closes the launcher's line
 
 
 @pytest.mark.parametrize(
@@ -151,37 +176,40 @@ def test_recipe_command_line(name, fake_python, tmp_path):
     ids=["long", "long=", "short", "short-joined", "short="],
 )
 def test_user_batch_rescales_lr(batch_args, fake_python, tmp_path):
-    summary, argv = _launch("amp_8cards.sh", ["--data-path", "d", *batch_args], fake_python, tmp_path)
+    _, argv = _launch("amp_8cards.sh", ["--data-path", "d", *batch_args], fake_python, tmp_path)
     _, train = _split(argv)
-    assert float(_last_value(train, "--lr")) == pytest.approx(0.1 * 64 * 8 / 256)  # 0.2
-    assert _last_value(train, "--batch-size") == "64"
+    args, note = _resolved(train, 8)
+    assert args.batch_size == 64 and args.lr == pytest.approx(0.1 * 64 * 8 / 256)  # 0.2
     assert train[-len(batch_args) :] == batch_args
-    assert "global_batch=512 (64 per process)" in summary
+    assert "global batch 512 (8 process(es) x 64)" in note
 
 
 def test_last_batch_option_wins(fake_python, tmp_path):
     _, argv = _launch("fp32_1card.sh", ["--data-path", "d", "-b", "512", "--batch-size", "1024"], fake_python, tmp_path)
-    _, train = _split(argv)
-    assert float(_last_value(train, "--lr")) == pytest.approx(0.4)
+    assert _resolved(_split(argv)[1], 1)[0].lr == pytest.approx(0.4)
 
 
 @pytest.mark.parametrize("lr_args", [["--lr", "0.5"], ["--lr=0.5"]], ids=["space", "equals"])
 def test_user_lr_wins(lr_args, fake_python, tmp_path):
-    summary, argv = _launch("fp32_8cards.sh", ["--data-path", "d", "-b", "64", *lr_args], fake_python, tmp_path)
-    _, train = _split(argv)
-    assert _last_value(train, "--lr") == "0.5"
-    assert "lr=0.5 (given)" in summary
-    assert "0.2" not in summary  # the scaled value must not be reported as the lr
+    _, argv = _launch("fp32_8cards.sh", ["--data-path", "d", "-b", "64", *lr_args], fake_python, tmp_path)
+    args, note = _resolved(_split(argv)[1], 8)
+    assert args.lr == 0.5 and "lr 0.5 (given)" in note
+    assert args.lr_warmup_epochs == 5  # the rule's warmup still applies above a global batch of 256
+
+
+def test_the_launcher_reports_what_train_py_resolved(fake_python, tmp_path):
+    """The real train.py checks the options once, before torchrun, and its answer is the launcher's summary."""
+    summary, _ = _launch("amp_8cards.sh", ["--data-path", "d", "-b", "64", "--device", "cpu"], fake_python, tmp_path,
+                         REAL_CHECK="1")
+    assert summary.endswith("; global batch 512 (8 process(es) x 64), lr 0.2 (0.1 x 512 / 256), warmup 5 epochs")
 
 
 def test_small_global_batch_has_no_warmup(fake_python, tmp_path):
-    summary, argv = _launch("fp32_1card.sh", ["--data-path", "d", "-b", "256"], fake_python, tmp_path)
-    _, train = _split(argv)
-    assert "--lr-warmup-epochs" not in train
-    assert float(_last_value(train, "--lr")) == pytest.approx(0.1)
-    assert "warmup=none" in summary
+    _, argv = _launch("fp32_1card.sh", ["--data-path", "d", "-b", "256"], fake_python, tmp_path)
+    args, note = _resolved(_split(argv)[1], 1)
+    assert (args.lr, args.lr_warmup_epochs) == (pytest.approx(0.1), 0) and note.endswith("warmup 0 epochs")
     _, argv = _launch("fp32_1card.sh", ["--data-path", "d", "-b", "257"], fake_python, tmp_path)
-    assert _last_value(_split(argv)[1], "--lr-warmup-epochs") == "5"
+    assert _resolved(_split(argv)[1], 1)[0].lr_warmup_epochs == 5
 
 
 def test_user_options_override_defaults(fake_python, tmp_path):
@@ -210,8 +238,8 @@ def test_environment_overrides(fake_python, tmp_path):
     assert _last_value(torchrun, "--master-port") == "29555"
     assert _last_value(torchrun, "--max-restarts") == "0"
     assert _last_value(torchrun, "--master-addr") == "192.168.1.5"
-    assert float(_last_value(train, "--lr")) == pytest.approx(0.1 * 600 / 256)
-    assert "processes=2 " in summary and "global_batch=600 " in summary
+    assert _resolved(train, 2)[0].lr == pytest.approx(0.1 * 600 / 256)
+    assert "processes=2 " in summary
 
 
 def test_multi_node_overrides(fake_python, tmp_path):
@@ -222,7 +250,7 @@ def test_multi_node_overrides(fake_python, tmp_path):
     assert _last_value(torchrun, "--nnodes") == "4"
     assert _last_value(torchrun, "--node-rank") == "3"
     assert _last_value(torchrun, "--master-addr") == "head"
-    assert float(_last_value(train, "--lr")) == pytest.approx(0.1 * 300 * 8 * 4 / 256)
+    assert _resolved(train, 32)[0].lr == pytest.approx(0.1 * 300 * 8 * 4 / 256)
     assert "processes=32 " in summary
 
 
@@ -298,20 +326,21 @@ def test_bad_environment_is_refused(env, message, fake_python, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        ([], "missing --data-path"),
-        (["--data-path", "d", "-b", "abc"], "--batch-size must be a whole number >= 1"),
-        (["--data-path", "d", "--batch-size", "0"], "--batch-size must be a whole number >= 1"),
-        (["--data-path", "d", "--batch-size"], "--batch-size needs a value"),
-        (["--data-path", "d", "--lr"], "--lr needs a value"),
+        ([], "--data-path is required"),
+        (["--data-path", "d", "--batch-size", "0"], "argument -b/--batch-size: must be >= 1, got 0"),
     ],
 )
-def test_bad_arguments_are_refused(args, message, fake_python, tmp_path):
-    assert message in _refused("fp32_1card.sh", args, fake_python, tmp_path)
+def test_bad_arguments_are_refused_once_before_launching(args, message, fake_python, tmp_path):
+    """train.py's own one-line error, from the one check before torchrun (which would restart a failing command
+    MAX_RESTARTS times on every node)."""
+    assert message in _refused("amp_8cards.sh", args, fake_python, tmp_path, REAL_CHECK="1")
 
 
-def test_help_passes_through_without_data_path(fake_python, tmp_path):
-    _, argv = _launch("fp32_1card.sh", ["--help"], fake_python, tmp_path)
-    assert _split(argv)[1][-1] == "--help"
+def test_help_is_printed_once_and_nothing_launches(fake_python, tmp_path):
+    result = _run("fp32_1card.sh", ["--help"], _clean_env(PYTHON=str(fake_python), REAL_CHECK="1"), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: train.py") and "--lr-per-256" in result.stdout
+    assert FAKE_MARK not in result.stdout
 
 
 def test_slurm_example_launches_16_card_amp(fake_python, tmp_path):
@@ -344,7 +373,7 @@ def test_slurm_example_launches_16_card_amp(fake_python, tmp_path):
     assert _last_value(torchrun, "--master-port") == str(20000 + 123456 % 10000)
     assert "--amp" in train and "--channels-last" in train
     assert _last_value(train, "--data-path") == "/datasets/imagenet"
-    assert float(_last_value(train, "--lr")) == pytest.approx(3.0)
+    assert _resolved(train, 16)[0].lr == pytest.approx(3.0)
     assert train[-1:] == ["1"] and _last_value(train, "--epochs") == "1"  # sbatch arguments forwarded
 
 
@@ -507,4 +536,4 @@ def test_multi_process_amp_script_trains(tiny_imagefolder, tmp_path):
     env = _clean_env(NPROC_PER_NODE="2", MASTER_PORT=str(free_port()), MAX_RESTARTS="0")
     output = _finish(_real_run("amp_4cards.sh", tiny_imagefolder, out, env, tmp_path))
     _assert_trained(out, output, "amp_bf16")
-    assert "2 process(es) x batch 4" in output
+    assert "global batch 8 (2 process(es) x 4), lr 0.003125 (0.1 x 8 / 256), warmup 0 epochs" in output
