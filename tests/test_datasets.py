@@ -625,6 +625,14 @@ def test_dataset_basics(tmp_path):
         ds[6]
 
 
+def test_unknown_bad_images_mode_is_refused_by_the_command_line(capsys):
+    import train
+
+    with pytest.raises(SystemExit) as exc:
+        train.get_args_parser().parse_args(["--bad-images", "ignore"])
+    assert exc.value.code == 2 and "--bad-images: invalid choice: 'ignore'" in capsys.readouterr().err
+
+
 def test_dataset_error_mode_raises(tmp_path):
     samples = mixed_samples(tmp_path)
     ds = ImageFolderDataset(samples, list("abcdef"), decode_to_tensor, bad_images="error")
