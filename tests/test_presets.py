@@ -1,4 +1,4 @@
-"""Tests for presets.py: shapes, dtypes, normalization and option validation."""
+"""Tests for presets.py: shapes, dtypes, normalization and the options that choose them."""
 
 import os
 import sys
@@ -145,21 +145,17 @@ def test_custom_mean_std(jpeg):
     assert out.min() >= 0 and out.max() <= 1
 
 
-@pytest.mark.parametrize("cls", [ClassificationPresetTrain, ClassificationPresetEval])
-def test_bad_backend_lists_choices(cls):
-    with pytest.raises(ValueError, match="pil, tensor"):
-        cls(crop_size=CROP, backend="opencv")
+@pytest.mark.parametrize("argv,needle", [
+    (["--backend", "opencv"], "--backend: invalid choice: 'opencv'"),
+    (["--auto-augment", "randaug"], "(choose from 'ra', 'ta_wide', 'augmix', 'imagenet', 'cifar10', 'svhn')"),
+    (["--random-erase", "1.5"], "--random-erase: must be in [0, 1], got 1.5"),
+])
+def test_bad_preset_options_are_refused_by_the_command_line(argv, needle, capsys):
+    import train
 
-
-def test_bad_policy_lists_choices():
-    with pytest.raises(ValueError, match="ra, ta_wide, augmix, imagenet, cifar10, svhn"):
-        ClassificationPresetTrain(crop_size=CROP, auto_augment_policy="randaug")
-
-
-@pytest.mark.parametrize("option", ["hflip_prob", "random_erase_prob"])
-def test_bad_probability(option):
-    with pytest.raises(ValueError, match=option):
-        ClassificationPresetTrain(crop_size=CROP, **{option: 1.5})
+    with pytest.raises(SystemExit) as exc:
+        train.get_args_parser().parse_args(argv)
+    assert exc.value.code == 2 and needle in capsys.readouterr().err
 
 
 def test_interpolation_mode_passthrough():
