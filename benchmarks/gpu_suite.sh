@@ -9,6 +9,10 @@
 #                                                      processes (--backend fast): crop regions; whole images
 #   data_gpu_decode                                    the same with the JPEGs decoded on the GPU (nvJPEG)
 #   full_cpu_decode, full_gpu_decode                   real data and training (AMP + channels_last, eager)
+#   dali_data, dali_full                               the peer: NVIDIA DALI's training pipeline (GPU "mixed"
+#                                                      decode, DALI threads = WORKERS) through the same model
+#                                                      step and clock (benchmarks/dali_peer.py); skipped with
+#                                                      the reason when DALI is not installed
 # Steady state: each run first takes WARMUP untimed steps (default WORKERS x 2 + 8: the batches the workers
 # queued before timing began, prefetch factor 2, are used up before the clock starts), then STEPS timed ones
 # (default 200). The data is ImageNet-like (scripts/make_demo_data.py --kind photo: 500x375 photographs with
@@ -16,7 +20,7 @@
 # Each measurement's log and the benchmark_MODE.json train.py writes into --output-dir are in $OUT/NAME/;
 # summary.json is read from those files: img/s, host_ms_per_batch (the training thread's milliseconds per
 # batch) and tf32 where train.py reports them, the ratios, and the targets: AMP+NHWC >= 6,000 img/s compiled
-# and 4,500 eager on one H200, full >= 90% of model-only eager. A measurement that could not run is null,
+# and 4,500 eager on one H200, full >= 90% of model-only eager, ours full >= DALI full. A measurement that could not run is null,
 # with its reason.
 #
 # Environment: DEVICE (cuda; cpu runs the same commands on the CPU, the GPU-decode ones skipped), MODEL
@@ -52,13 +56,18 @@ train_per_class=$(((images + classes - 1) / classes))
 data=${DATA:-/tmp/gpu_suite_data/photo_${classes}x${train_per_class}+2_${image_size}}
 mkdir -p "$out" || exit 2
 
+measurements=(model_fp32 model_amp_eager model_amp_compiled data_cpu_decode data_cpu_whole_decode data_gpu_decode
+    full_cpu_decode full_gpu_decode dali_data dali_full)
 # Why a measurement cannot run here (empty: it runs).
 declare -A skip=()
+if ! dali_missing=$("$python" -c 'import nvidia.dali' 2>&1); then
+    skip[dali_data]="DALI is not installed (${dali_missing##*$'\n'}); pip install nvidia-dali-cuda130 (or -cuda120)"
+    skip[dali_full]=${skip[dali_data]}
+fi
 if [[ $device == cuda ]] && ! "$python" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
     reason="no CUDA device available (torch.cuda.is_available() is False on this machine);"
     reason+=" DEVICE=cpu runs the same commands on the CPU"
-    for name in model_fp32 model_amp_eager model_amp_compiled data_cpu_decode data_cpu_whole_decode \
-        data_gpu_decode full_cpu_decode full_gpu_decode; do
+    for name in "${measurements[@]}"; do
         skip[$name]=$reason
     done
 fi
@@ -70,7 +79,7 @@ if [[ $compile == 0 ]]; then
     skip[model_amp_compiled]="COMPILE=0"
 fi
 
-if [[ ${#skip[@]} == 8 ]]; then
+if [[ ${#skip[@]} == "${#measurements[@]}" ]]; then
     echo "== data: not generated, no measurement can run here"
 else
     echo "== data: $data"
@@ -81,7 +90,8 @@ else
     fi
 fi
 
-measure() {  # measure NAME MODE ARGS...: train.py --benchmark MODE, its files in OUT/NAME/
+# measure NAME MODE ARGS...: PROGRAM (default train.py) --benchmark MODE, its files in OUT/NAME/
+measure() {
     local name=$1 mode=$2
     shift 2
     local dir=$out/$name
@@ -92,8 +102,9 @@ measure() {  # measure NAME MODE ARGS...: train.py --benchmark MODE, its files i
         echo "${skip[$name]}" >"$dir/skipped.txt"
         return
     fi
-    echo "== $name: train.py --benchmark $mode $*"
-    timeout --kill-after=30 "$measure_timeout" "$python" "$repo/train.py" --benchmark "$mode" --device "$device" \
+    local program=${PROGRAM:-$repo/train.py}
+    echo "== $name: ${program#"$repo"/} --benchmark $mode $*"
+    timeout --kill-after=30 "$measure_timeout" "$python" "$program" --benchmark "$mode" --device "$device" \
         --model "$model" --batch-size "$batch" --train-crop-size "$crop" --benchmark-steps "$steps" \
         --benchmark-warmup "$warmup" --output-dir "$dir" "$@" >"$dir/log.txt" 2>&1
     local rc=$?
@@ -117,6 +128,9 @@ measure data_cpu_whole_decode data "${data_args[@]}" --roi-decode off
 measure data_gpu_decode data "${data_args[@]}" --decode-device cuda
 measure full_cpu_decode full "${data_args[@]}" "${amp[@]}"
 measure full_gpu_decode full "${data_args[@]}" --decode-device cuda "${amp[@]}"
+dali=(--data-path "$data" --dali-threads "$((workers > 0 ? workers : 1))")
+PROGRAM=$repo/benchmarks/dali_peer.py measure dali_data data "${dali[@]}" "${amp[@]}"
+PROGRAM=$repo/benchmarks/dali_peer.py measure dali_full full "${dali[@]}" "${amp[@]}"
 
 "$python" - "$out" "$measure_timeout" device="$device" model="$model" batch="$batch" crop="$crop" \
     workers="$workers" steps="$steps" warmup="$warmup" images="$images" image_size="$image_size" data="$data" <<'PY'
@@ -127,7 +141,7 @@ out, timeout = sys.argv[1], sys.argv[2]
 settings = {k: int(v) if v.isdigit() else v for k, v in (a.split("=", 1) for a in sys.argv[3:])}
 MODES = {"model_fp32": "model", "model_amp_eager": "model", "model_amp_compiled": "model",
          "data_cpu_decode": "data", "data_cpu_whole_decode": "data", "data_gpu_decode": "data",
-         "full_cpu_decode": "full", "full_gpu_decode": "full"}
+         "full_cpu_decode": "full", "full_gpu_decode": "full", "dali_data": "data", "dali_full": "full"}
 FIELDS = ("imgs_per_sec", "host_ms_per_batch", "tf32", "steps", "warmup_steps", "batch_size", "workers",
           "decode_device", "roi_decode", "precision", "memory_format", "compile", "device", "seconds")
 
@@ -187,6 +201,10 @@ summary = {
         "data_roi_vs_whole_decode": ratio("data_cpu_decode", "data_cpu_whole_decode"),
         "model_compiled_vs_eager": ratio("model_amp_compiled", "model_amp_eager"),
         "model_amp_vs_fp32": ratio("model_amp_eager", "model_fp32"),
+        "data_cpu_decode_vs_dali_data": ratio("data_cpu_decode", "dali_data"),
+        "data_gpu_decode_vs_dali_data": ratio("data_gpu_decode", "dali_data"),
+        "full_cpu_decode_vs_dali_full": ratio("full_cpu_decode", "dali_full"),
+        "full_gpu_decode_vs_dali_full": ratio("full_gpu_decode", "dali_full"),
     },
     "measurements": measurements,
 }
@@ -195,6 +213,10 @@ summary["targets"] = {
     "model_amp_eager": target(rate["model_amp_eager"], 4500),
     "full_cpu_decode_vs_model_amp_eager": target(summary["ratios"]["full_cpu_decode_vs_model_amp_eager"], 0.9),
     "full_gpu_decode_vs_model_amp_eager": target(summary["ratios"]["full_gpu_decode_vs_model_amp_eager"], 0.9),
+    # ours at least DALI's full figure: the better of our two decode paths against it
+    "full_best_vs_dali_full": target(max((r for r in (summary["ratios"]["full_cpu_decode_vs_dali_full"],
+                                                      summary["ratios"]["full_gpu_decode_vs_dali_full"])
+                                          if r is not None), default=None), 1.0),
 }
 with open(os.path.join(out, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)

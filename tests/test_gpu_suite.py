@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -15,7 +17,8 @@ from conftest import REPO, TEST_ENV
 SUITE = os.path.join(REPO, "benchmarks", "gpu_suite.sh")
 MODES = {"model_fp32": "model", "model_amp_eager": "model", "model_amp_compiled": "model",
          "data_cpu_decode": "data", "data_cpu_whole_decode": "data", "data_gpu_decode": "data",
-         "full_cpu_decode": "full", "full_gpu_decode": "full"}
+         "full_cpu_decode": "full", "full_gpu_decode": "full", "dali_data": "data", "dali_full": "full"}
+HAVE_DALI = importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None
 SMALL = {"DEVICE": "cpu", "MODEL": "resnet18", "BATCH": "4", "CROP": "32", "WORKERS": "0", "STEPS": "2",
          "WARMUP": "1", "COMPILE": "0", "IMAGES": "40", "IMAGE_SIZE": "64"}
 
@@ -53,6 +56,7 @@ def test_on_the_cpu_each_measurement_has_its_folder_and_the_summary_reads_their_
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())
     ran = ("model_fp32", "model_amp_eager", "data_cpu_decode", "data_cpu_whole_decode", "full_cpu_decode")
+    ran += ("dali_data", "dali_full") if HAVE_DALI else ()  # the peer runs its pipeline on the CPU there
     for name in ran:
         result = json.loads((out / name / f"benchmark_{MODES[name]}.json").read_text())
         assert result["steps"] == 2 and result["warmup_steps"] == 1 and result["batch_size"] == 4
@@ -69,6 +73,13 @@ def test_on_the_cpu_each_measurement_has_its_folder_and_the_summary_reads_their_
     ratio = summary["ratios"]["full_cpu_decode_vs_model_amp_eager"]
     assert ratio == round(summary["imgs_per_sec"]["full_cpu_decode"] / summary["imgs_per_sec"]["model_amp_eager"], 3)
     assert summary["targets"]["full_cpu_decode_vs_model_amp_eager"]["value"] == ratio
+    if HAVE_DALI:
+        assert json.loads((out / "dali_full" / "benchmark_full.json").read_text())["pipeline"] == "dali"
+        vs_dali = summary["ratios"]["full_cpu_decode_vs_dali_full"]
+        assert vs_dali == round(summary["imgs_per_sec"]["full_cpu_decode"] / summary["imgs_per_sec"]["dali_full"], 3)
+        assert summary["targets"]["full_best_vs_dali_full"]["value"] == vs_dali  # the GPU-decode run is skipped
+    else:
+        assert "DALI is not installed" in summary["reasons"]["dali_full"]
     # The data came from the project's generator, and is reused as the complete set it was made as.
     marker = json.loads((tmp_path / "data" / ".demo_complete.json").read_text())
     assert marker["kind"] == "photo" and marker["classes"] * marker["train_per_class"] == 40
