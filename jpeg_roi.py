@@ -1,40 +1,24 @@
 """Region-of-interest JPEG decoding for the fast CPU pipeline: decode only the crop.
 
-A RandomResizedCrop keeps on average about half of the image, yet a plain decode produces
-every pixel first. libjpeg-turbo can stop at the last row of a crop, and for the rows above
-it and the columns beside it run only the entropy decoding (no inverse DCT, upsampling or
-colour conversion). nvImageCodec (NVIDIA's image codec library, the ``nvidia-nvimgcodec-cu13``
-wheel of requirements.txt) exposes that on the CPU, with no GPU and no compiler: a code
-stream with a region of interest, decoded by its libjpeg-turbo backend. The region is
-bit-identical to the same crop of a full decode (tests/test_jpeg_roi.py checks 4:4:4, 4:2:2,
-4:2:0, grayscale, odd sizes and edges) with one exception handled here: a region one column
-wide starting on an iMCU boundary of a 4:2:0 file is upsampled as if it were the image's
-edge, so such a region is decoded two columns wide and cut.
+A RandomResizedCrop keeps about half of the image on average, yet a plain decode produces every pixel. libjpeg-turbo
+can stop at the crop's last row and only entropy-decode the rows above it and the columns beside it (no inverse DCT,
+upsampling or colour conversion); nvImageCodec (the ``nvidia-nvimgcodec-cu13`` wheel of requirements.txt, no GPU or
+compiler needed) exposes that on the CPU. The region is bit-identical to the same crop of a full decode
+(tests/test_jpeg_roi.py) except for a one-column region starting on an iMCU boundary of a 4:2:0 file, upsampled as
+if it were the image's edge: such a region is decoded two columns wide and cut. The same decoder does the fast
+backend's whole-image decodes (full_decoder): as fast as torchvision's decode_jpeg, which torchvision 0.29
+deprecates on the CPU, and bit-identical to Pillow's. Without nvImageCodec (wheels for Linux x86_64 and aarch64
+only) whole images are decoded with Pillow, and ``--roi-decode auto`` says so in one line.
 
-The same decoder does the fast backend's whole-image decodes (full_decoder): as fast as
-torchvision's decode_jpeg, which torchvision 0.29 deprecates on the CPU, and bit-identical to
-Pillow's. Without nvImageCodec (it has wheels for Linux x86_64 and aarch64 only) the fast
-backend decodes whole images with Pillow, and ``--roi-decode auto`` says so in one line.
+The console stays clean: nvImageCodec logs every file it declines unless PYNVIMGCODEC_VERBOSITY is 0 when it is
+imported, which is set here (a value the user set is kept); its import prints "Failed to load nvjpeg library!"
+unless the nvJPEG wheels are installed, as requirements.txt does. libjpeg's own warnings about damaged data are
+still printed, as every libjpeg-based decoder prints them: they name a real problem of the dataset.
 
-The console stays clean:
-  * nvImageCodec logs every file it declines ("[ERROR] ... Premature end of JPEG data",
-    "[WARNING] ... Out of bounds region") unless the environment variable
-    PYNVIMGCODEC_VERBOSITY is 0 when it is imported; it is set so here (a value the user
-    set is kept, to debug the decoder);
-  * its import prints "Failed to load nvjpeg library!" lines when the nvJPEG, nvJPEG2000 and
-    nvTIFF wheels are missing, GPU or not, whatever the verbosity: requirements.txt installs
-    them, and with them the import is silent;
-  * libjpeg's own warnings about damaged data ("Corrupt JPEG data: ...") are still printed,
-    as torchvision's and every other libjpeg-based decoder prints them: they name a real
-    problem of the dataset.
-
-Every failure of the region decoder (a CMYK file, corrupt data, a file that does not end
-with the end-of-image marker, a region outside the image) returns None, and the caller
-decodes the whole file in full instead, so bad-image reporting stays with the one path that
-gives verdicts.
+Every failure of the region decoder (CMYK, corrupt data, no end-of-image marker, a region outside the image)
+returns None, and the caller decodes the whole file instead, so bad-image verdicts come from one path.
 """
 
-import functools
 import importlib
 import io
 import os
@@ -137,7 +121,7 @@ class JpegDecoder:
         return None if stream is None else self._decode(stream)
 
 
-_decoders = {}
+_decoders = {}  # process id -> this process's decoder, or why it has none
 
 
 def open_decoder():
@@ -145,21 +129,21 @@ def open_decoder():
     DECODER's name into the DataLoader workers, and each worker opens its own decoder on first use."""
     pid = os.getpid()
     if pid not in _decoders:
-        _decoders[pid] = JpegDecoder()
+        try:
+            _decoders[pid] = JpegDecoder()
+        except RoiUnavailable as e:
+            _decoders[pid] = e
+    if isinstance(_decoders[pid], RoiUnavailable):
+        raise RoiUnavailable(str(_decoders[pid]))
     return _decoders[pid]
-
-
-@functools.lru_cache(maxsize=None)
-def _full_decoder_for(pid):
-    try:
-        return open_decoder()
-    except RoiUnavailable:
-        return None
 
 
 def full_decoder():
     """This process's decoder for whole images, or None where nvImageCodec is not available (Pillow decodes then)."""
-    return _full_decoder_for(os.getpid())
+    try:
+        return open_decoder()
+    except RoiUnavailable:
+        return None
 
 
 def self_test(decoder):
@@ -185,13 +169,8 @@ def self_test(decoder):
 
 def prepare(mode):
     """Resolve --roi-decode in the main process, before the workers start: (DECODER or None, one line saying
-    which decode is used and why).
-
-    ``auto`` uses the region decoder when nvImageCodec works here, and says why not otherwise; ``on`` raises
-    RoiUnavailable instead of falling back; ``off`` decodes whole images.
-    """
-    if mode not in MODES:
-        raise ValueError(f"--roi-decode {mode!r} is not supported; choose one of {', '.join(MODES)}")
+    which decode is used and why). ``auto`` uses the region decoder when nvImageCodec works here and says why not
+    otherwise; ``on`` raises RoiUnavailable instead; ``off`` decodes whole images."""
     if mode == "off":
         return None, "JPEG decode: whole images (--roi-decode off)"
     try:

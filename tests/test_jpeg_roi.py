@@ -234,9 +234,6 @@ def without_nvimgcodec(monkeypatch):
     been opened yet."""
     monkeypatch.setitem(sys.modules, "nvidia.nvimgcodec", None)
     monkeypatch.setattr(jpeg_roi, "_decoders", {})
-    jpeg_roi._full_decoder_for.cache_clear()
-    yield
-    jpeg_roi._full_decoder_for.cache_clear()
 
 
 def test_missing_nvimgcodec_falls_back_or_fails_by_mode(without_nvimgcodec):
