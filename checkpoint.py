@@ -1,13 +1,8 @@
-"""Checkpoint I/O, in one place: atomic saves, retention, `--resume auto`, and early checks of the output folder.
-
-Every write goes to a temporary file in the same folder, is flushed and fsync'd, then renamed over the target
-with `os.replace`, which is atomic on POSIX file systems: a process killed at any instant leaves either the
-previous file or the new one, never a truncated one. Checkpoints hold only tensors and plain Python types, so
-they load with `torch.load(path, weights_only=True)`.
-
-What a checkpoint holds is decided by the objects that make up the run, not by this module: the trainer hands
-`CheckpointManager` its stateful parts (model, optimizer, GradScaler, EMA, sampler, RNG states, run counters), each
-with `state_dict` / `load_state_dict`, under the key it has in the file. A new piece of state is one more part.
+"""Checkpoints, in one place: atomic saves (fileio.atomic_write), retention, `--resume auto`, early checks of the
+output folder, and the manager that builds a checkpoint from the run's stateful parts (model, optimizer, GradScaler,
+EMA, sampler, RNG states, run counters), each with `state_dict` / `load_state_dict` under the key it has in the file:
+a new piece of state is one more part. Checkpoints hold only tensors and plain types (`torch.load(path,
+weights_only=True)`).
 
 Files in --output-dir:
   checkpoint.pth        the newest state (end of an epoch, or mid-epoch with --checkpoint-interval)
@@ -15,6 +10,7 @@ Files in --output-dir:
   model_best.pth        the state at the end of the epoch with the best Acc@1 so far
 """
 
+import contextlib
 import glob
 import os
 import re
@@ -33,11 +29,6 @@ EPOCH_RE = re.compile(r"^model_(\d+)\.pth$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be written or read; the message is one line for the user."""
-
-
-def atomic_save(obj, path: str) -> None:
-    """torch.save through fileio.atomic_write: the existing `path` survives any failure or kill."""
-    fileio.atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -66,7 +57,7 @@ def save_checkpoint(state: dict, output_dir: str, *, epoch_end: bool, epoch: int
     Raises CheckpointError (one line) if the write fails; the previous files stay intact."""
     latest = os.path.join(output_dir, LATEST)
     try:
-        atomic_save(state, latest)
+        fileio.atomic_write(latest, lambda f: torch.save(state, f))
         if epoch_end:
             _link_or_copy(latest, os.path.join(output_dir, f"model_{epoch}.pth"))
             if is_best:
@@ -77,28 +68,17 @@ def save_checkpoint(state: dict, output_dir: str, *, epoch_end: bool, epoch: int
             f"(free some space or choose another --output-dir, then resume with --resume auto)"
         ) from e
     if epoch_end and keep is not None:
-        prune_epoch_checkpoints(output_dir, keep)
+        existing = epoch_checkpoints(output_dir)  # model_best.pth is a separate link: it stays
+        for _, path in existing[: max(0, len(existing) - keep)]:
+            with contextlib.suppress(OSError):
+                os.remove(path)
     return latest
 
 
 def epoch_checkpoints(output_dir: str) -> list[tuple[int, str]]:
     """(epoch, path) of the model_{epoch}.pth files, oldest first."""
-    found = []
-    for path in glob.glob(os.path.join(output_dir, "model_*.pth")):
-        m = EPOCH_RE.match(os.path.basename(path))
-        if m:
-            found.append((int(m.group(1)), path))
-    return sorted(found)
-
-
-def prune_epoch_checkpoints(output_dir: str, keep: int) -> None:
-    """Delete all but the newest ``keep`` model_{epoch}.pth files (model_best.pth is a separate link)."""
-    existing = epoch_checkpoints(output_dir)
-    for _, path in existing[: max(0, len(existing) - keep)]:
-        try:
-            os.remove(path)
-        except OSError:
-            pass
+    matches = ((EPOCH_RE.match(os.path.basename(path)), path) for path in glob.glob(os.path.join(output_dir, "*")))
+    return sorted((int(m.group(1)), path) for m, path in matches if m)
 
 
 def load_checkpoint(path: str) -> dict:
@@ -115,7 +95,7 @@ def load_checkpoint(path: str) -> dict:
     return ckpt
 
 
-def checkpoint_progress(ckpt: dict) -> tuple[int, int]:
+def _progress(ckpt: dict) -> tuple[int, int]:
     """(completed epochs + 1, steps done in that next epoch): orders checkpoints by training progress."""
     return int(ckpt.get("epoch", -1)) + 1, int(ckpt.get("step_in_epoch", 0))
 
@@ -132,7 +112,7 @@ def find_resume_checkpoint(output_dir: str, log=print) -> tuple[str, dict] | Non
         except CheckpointError as e:
             log(f"resume: skipping {e}")
             continue
-        if best is None or checkpoint_progress(ckpt) > checkpoint_progress(best[1]):
+        if best is None or _progress(ckpt) > _progress(best[1]):
             best = (path, ckpt)
         if path.endswith(LATEST):
             continue  # checkpoint.pth is normally the newest; still compare with the newest epoch file
@@ -167,11 +147,6 @@ def estimate_checkpoint_bytes(model: torch.nn.Module, optimizer_slots: int = 1, 
     return int(total * 1.05) + (1 << 20)
 
 
-
-
-# ------------------------------------------------------------------------------------------------------------
-# The run's state: parts that save and restore themselves, and the manager that collects them
-# ------------------------------------------------------------------------------------------------------------
 class RunState:
     """Where the run stands and what it has measured, carried across resumes.
 
@@ -186,7 +161,6 @@ class RunState:
         self.time_to_target_s = self.epochs_to_target = None
         self.wall_offset, self.run_start = 0.0, time.time()
         self.epoch_times: list[float] = []
-        self.same_layout = True  # False after resuming a checkpoint of another world size or global batch
         self.resume_note = None  # a warning for the log, set by load_state_dict
 
     def wall_time(self) -> float:
@@ -215,8 +189,7 @@ class RunState:
         self.time_to_target_s, self.epochs_to_target = state.get("time_to_target_s"), state.get("epochs_to_target")
         saved_world = int(state.get("world_size", self.world_size))
         saved_batch = int(state.get("global_batch", self.global_batch))
-        self.same_layout = saved_world == self.world_size and saved_batch == self.global_batch
-        if not self.same_layout:
+        if (saved_world, saved_batch) != (self.world_size, self.global_batch):
             self.resume_note = (
                 f"warning: resuming with world size {self.world_size} and global batch {self.global_batch} "
                 f"(checkpoint: {saved_world}, {saved_batch}); the LR schedule follows --lr per iteration of the new "
@@ -227,9 +200,8 @@ class RunState:
 
 
 class RngStates:
-    """Every rank's python/numpy/torch/accelerator RNG states, gathered into one list (rank order). Saving is a
-    collective: all ranks call it. They are restored only when the world size is unchanged (each rank takes its
-    own entry); otherwise the data order differs anyway and the fresh states stay."""
+    """Every rank's RNG states in rank order; saving is a collective. Restored only when the world size is unchanged
+    (each rank takes its own entry): otherwise the data order differs anyway and the fresh states stay."""
 
     def __init__(self, dist_info):
         self.dist_info = dist_info
@@ -243,9 +215,8 @@ class RngStates:
 
 
 class SamplerSeed:
-    """The training sampler's part: its position is the run's (RunState, applied each epoch with set_epoch and
-    set_start_batch), so what a resume restores is its seed. The interrupted run's sample order and per-sample
-    augmentation then continue, even when it was started without --seed."""
+    """The training sampler's part: its position is the run's (RunState), so a resume restores its seed, and the
+    interrupted run's sample order and augmentation continue even when it was started without --seed."""
 
     def __init__(self, sampler):
         self.sampler = sampler
