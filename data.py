@@ -6,16 +6,19 @@ Backends (--backend):
   fast          uint8 end to end on the CPU (decode + crop-resize in one step, flip), 4x fewer bytes to copy;
                 float conversion, normalization and channels_last happen on the device. Training JPEGs are
                 decoded only where the crop lies when nvImageCodec is installed (--roi-decode, jpeg_roi.py)
-With --decode-device cuda the workers only read file bytes and sample crop parameters; JPEGs are decoded in
-batches on the GPU (nvJPEG), cropped, resized and flipped there. The same code runs with the CPU as the device.
+With --decode-device cuda the workers only read file bytes and sample crop parameters; each batch's crop regions
+are decoded on the GPU (nvJPEG, device_decode.py), resized and flipped there, in DeviceLoader's background
+thread. The same code runs with the CPU as the device.
 """
 
 import dataclasses
 import hashlib
 import multiprocessing
 import os
+import queue
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +26,7 @@ from torch.utils.data import DataLoader
 
 import accelerator
 import datasets
+import device_decode
 import jpeg_roi
 import presets
 import sampler as samplers
@@ -259,18 +263,31 @@ def build_data_loaders(cfg: DataConfig, *, rank: int, world_size: int, need_trai
     return Loaders(train_loader, val_loader, train_sampler, classes, roi_decode=roi_library is not None, decode_note=decode_note)
 
 
+# Ends the decode thread's input (a DataLoader never yields it).
+_END = object()
+# How long a stopping iteration waits for the decode thread's current batch: far longer than any batch takes, yet
+# a hung device cannot hang the run's exit (the thread is a daemon).
+_JOIN_TIMEOUT_S = 60.0
+
+
 class DeviceLoader:
     """Iterates a DataLoader and yields (images, targets, n_bad) ready for the model on `device`.
 
-    The next batch is copied and prepared while the current step runs: on an accelerator the copy, the optional
-    GPU decode and the normalization are issued on a side stream (a prefetcher); on the CPU the same code runs
-    without streams. uint8 batches are converted and normalized here, on the device, straight into `dtype`: the
-    autocast dtype under --amp, so the first convolution's cast is not a second pass over the batch."""
+    A background thread prepares the coming batches while the training thread runs steps, up to `prefetch` batches
+    ahead, on its own stream: the copy to the device, the decode with --decode-device (device_decode.py) and the
+    conversion of uint8 batches, normalized straight into `dtype` (the autocast dtype under --amp, so the first
+    convolution's cast is not a second pass over the batch). The same threaded code runs on the CPU, without
+    streams. The training thread still takes the DataLoader's batches and hands them over: without workers (-j 0)
+    that runs the dataset, whose per-sample seeding swaps the process's global RNG state, which another thread
+    must not do while training draws from it (MixUp, CutMix) or a checkpoint saves it."""
 
     def __init__(self, loader: DataLoader, device: torch.device, *, channels_last: bool, bad_images: str,
-                 decoder: "transforms.DeviceDecoder | None" = None, dtype: torch.dtype = torch.float32):
+                 decoder: "device_decode.DeviceDecoder | None" = None, dtype: torch.dtype = torch.float32,
+                 prefetch: int = 2):
+        if prefetch < 1:
+            raise ValueError(f"DeviceLoader prefetch must be at least 1 batch, got {prefetch}")
         self.loader, self.device, self.channels_last = loader, device, channels_last
-        self.bad_images, self.decoder, self.dtype = bad_images, decoder, dtype
+        self.bad_images, self.decoder, self.dtype, self.prefetch = bad_images, decoder, dtype, prefetch
         self.stream = accelerator.new_stream(device)
         self._reported: set[str] = set()
 
@@ -278,9 +295,68 @@ class DeviceLoader:
         return len(self.loader)
 
     def set_crop_size(self, size: int) -> None:
-        """Progressive resizing with device decode: the decoder crops and resizes on the device."""
+        """Progressive resizing with device decode (the decoder crops and resizes): call between epochs."""
         if self.decoder is not None:
             self.decoder.crop_size = size
+
+    def __iter__(self):
+        batches = iter(self.loader)
+        todo, done, stop = queue.Queue(), queue.Queue(), threading.Event()
+        thread = threading.Thread(target=self._prepare_all, args=(todo, done, stop), name="device-loader",
+                                  daemon=True)
+        thread.start()
+        in_flight, exhausted = 0, False
+        try:
+            while True:
+                while not exhausted and in_flight <= self.prefetch:  # the batch to yield and `prefetch` more
+                    batch = next(batches, _END)
+                    exhausted = batch is _END
+                    if not exhausted:
+                        todo.put(batch)
+                        in_flight += 1
+                if in_flight == 0:
+                    return
+                result = done.get()
+                in_flight -= 1
+                if isinstance(result, BaseException):
+                    raise result
+                yield self._handed_over(*result)
+        finally:  # exhausted, broken out of, or an exception on either side: end the thread
+            stop.set()
+            todo.put(_END)
+            # Not from the thread itself (a garbage collection there may close this generator), nor at interpreter
+            # exit, when daemon threads no longer run.
+            if thread is not threading.current_thread() and not sys.is_finalizing():
+                thread.join(_JOIN_TIMEOUT_S)
+
+    def _prepare_all(self, todo, done, stop):
+        """The background thread: prepares the batches of `todo` in order into `done`, each with the event that
+        marks its work on this loader's stream, until the end marker or `stop`; its exception goes to `done`, to be
+        raised in the training thread."""
+        try:
+            if self.device.index is not None:
+                accelerator.activate(self.device)  # the current device is per thread
+            with accelerator.on_stream(self.stream):
+                while not stop.is_set():
+                    batch = todo.get()
+                    if batch is _END:
+                        return
+                    prepared = self._prepare(batch)
+                    done.put((prepared, None if self.stream is None else self.stream.record_event()))
+        except BaseException as e:  # whatever it is, the training thread raises it
+            done.put(e)
+
+    def _handed_over(self, prepared, event):
+        """The prepared batch, usable on the training thread's stream: that stream waits for the batch's work only
+        (not for the batches prepared after it), and the allocator learns that it uses these tensors, so their
+        memory is not handed back to the loader's stream while the step still reads it."""
+        if event is None:
+            return prepared
+        current = accelerator.current_stream(self.device)
+        current.wait_event(event)
+        for t in prepared[:2]:
+            t.record_stream(current)
+        return prepared
 
     def _prepare(self, batch):
         images, targets, n_bad = batch
@@ -318,35 +394,12 @@ class DeviceLoader:
             targets[i] = targets[src]
         return images, targets, len(bad)
 
-    def __iter__(self):
-        it = iter(self.loader)
-        if self.stream is None:
-            for batch in it:
-                yield self._prepare(batch)
-            return
-        nxt = None
-        for batch in it:
-            with accelerator.on_stream(self.stream):
-                prepared = self._prepare(batch)
-            if nxt is not None:
-                yield nxt
-            # The step that consumes `prepared` runs on the current stream: order it after the side stream's
-            # work, and tell the allocator the current stream uses these tensors, so their memory is not handed
-            # back to the side stream while the step still reads it.
-            current = accelerator.current_stream(self.device)
-            current.wait_stream(self.stream)
-            for t in prepared[:2]:
-                t.record_stream(current)
-            nxt = prepared
-        if nxt is not None:
-            yield nxt
-
 
 def make_device_loader(loader: DataLoader, cfg: DataConfig, device: torch.device, *, train: bool,
                        channels_last: bool, dtype: torch.dtype = torch.float32) -> DeviceLoader:
     decoder = None
     if cfg.decode_on_device:
-        decoder = transforms.DeviceDecoder(
+        decoder = device_decode.DeviceDecoder(
             crop_size=cfg.train_crop_size if train else cfg.val_crop_size, device=device,
             resize_size=None if train else cfg.val_resize_size, interpolation=cfg.interpolation,
         )

@@ -19,8 +19,8 @@ Honesty rules that keep the speed-up comparable with the reference:
   low-pass filtering.
 
 The ``--decode-device cuda`` path splits the same work differently: workers only read
-bytes and sample parameters (:class:`EncodedTrainTransform`), and :class:`DeviceDecoder`
-decodes a whole batch with ``torchvision.io.decode_jpeg`` on the device (nvJPEG on CUDA).
+bytes and sample parameters (:class:`EncodedTrainTransform`), and device_decode.py decodes
+each batch's crop regions on the device (nvJPEG through nvImageCodec on CUDA).
 """
 
 import functools
@@ -225,29 +225,6 @@ def _decode_pil_tensor(data, path):
     """Any format PIL reads -> RGB uint8 CHW tensor; BadImageError if it cannot be decoded."""
     image = _datasets().decode_pil(data, path)
     return _hwc_to_chw(np.array(image, dtype=np.uint8, copy=True))
-
-
-def _tv_decode_jpeg(payload, device="cpu"):
-    """torchvision.io.decode_jpeg to RGB (gray JPEGs are expanded). ``payload`` is a 1-D
-    uint8 tensor or a list of them; a list is decoded as one batch (nvJPEG on CUDA).
-
-    torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec; they still
-    work, and the DeprecationWarning is hidden by Python's default filters (shown at most
-    once otherwise), so no per-call warning filter is paid for here.
-    """
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    return decode_jpeg(payload, mode=ImageReadMode.RGB, device=device)
-
-
-@functools.lru_cache(maxsize=1)
-def _has_tv_decode_jpeg():
-    """False where torchvision was built without image I/O; the PIL paths are used then."""
-    try:
-        from torchvision.io import decode_jpeg  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _decode_jpeg_full(data, path):
@@ -504,90 +481,11 @@ class EncodedTrainTransform:
 
 class EncodedEvalTransform:
     """Worker side of device decoding for evaluation: the bytes and params of -1 (meaning
-    resize + centre crop, with DeviceDecoder's sizes)."""
+    resize + centre crop, with device_decode.DeviceDecoder's sizes)."""
 
     def __call__(self, data, path):
         payload, _, _ = _encoded_payload(data, path)
         return {"data": payload, "params": torch.full((5,), -1, dtype=torch.int64)}
-
-
-class DeviceDecoder:
-    """Decode a batch of EncodedTrainTransform/EncodedEvalTransform items on ``device``.
-
-    All JPEGs go to one batched ``torchvision.io.decode_jpeg`` call (nvJPEG on CUDA; the
-    same code on the CPU is what the tests run). If the batch call fails, each item is
-    retried alone, on the device and then on the CPU (nvJPEG rejects some valid files that
-    libjpeg reads); items that still fail are reported by index and left as zeros, for the
-    caller's bad-image policy. Crops and resizes run on the device too.
-    """
-
-    def __init__(self, *, crop_size, device, resize_size=None, interpolation="bilinear"):
-        self.crop_size = _check_size("crop_size", crop_size)
-        self.resize_size = None if resize_size is None else _check_size("resize_size", resize_size)
-        self.interpolation = presets.check_interpolation(interpolation, INTERPOLATIONS, by="the fast pipeline").value
-        self.device = torch.device(device)
-        if self.resize_size is not None and self.crop_size > self.resize_size:
-            raise ValueError(
-                f"transforms: crop_size {crop_size} is larger than resize_size {resize_size}; "
-                "use a resize size at least as large as the crop"
-            )
-        if not _has_tv_decode_jpeg():
-            raise RuntimeError(
-                "transforms: --decode-device needs torchvision.io.decode_jpeg, which this torchvision "
-                "build lacks; install the official torchvision wheel or decode on the CPU"
-            )
-
-    def __call__(self, items):
-        jpeg_index = [i for i, item in enumerate(items) if item["data"].dim() == 1]
-        decoded = dict(zip(jpeg_index, self._decode_jpegs([items[i]["data"] for i in jpeg_index])))
-        batch = torch.zeros((len(items), 3, self.crop_size, self.crop_size), dtype=torch.uint8, device=self.device)
-        bad = []
-        for i, item in enumerate(items):
-            image = decoded[i] if i in decoded else item["data"].to(self.device, non_blocking=True)
-            out = None if image is None else self._crop_resize(image, item["params"].tolist())
-            if out is None:
-                bad.append(i)
-            else:
-                batch[i] = out
-        return batch, bad
-
-    def _decode_jpegs(self, payloads):
-        """Decoded CHW tensors on the device, None for those that cannot be decoded."""
-        if not payloads:
-            return []
-        # nvJPEG allocates its outputs on the current stream but writes them on a private one, so a block that
-        # kernels queued earlier on this stream still use could be overwritten (pytorch/vision#9606): drain it.
-        accelerator.drain_current_stream(self.device)
-        try:
-            return [image.to(self.device) for image in _tv_decode_jpeg(payloads, device=self.device)]
-        except (RuntimeError, ValueError):
-            return [self._decode_one(payload) for payload in payloads]
-
-    def _decode_one(self, payload):
-        devices = [self.device] if self.device.type == "cpu" else [self.device, torch.device("cpu")]
-        for device in devices:
-            try:
-                accelerator.drain_current_stream(device)
-                return _tv_decode_jpeg(payload, device=device).to(self.device)
-            except (RuntimeError, ValueError):
-                continue
-        return None
-
-    def _crop_resize(self, image, params):
-        """The item's crop (or resize + centre crop), resized and flipped; None when the
-        crop does not fit the decoded image (its header lied about the size)."""
-        top, left, h, w, flip = params
-        if top < 0:  # evaluation item
-            if self.resize_size is None:
-                raise ValueError(
-                    "transforms: DeviceDecoder got an evaluation item (params -1) but has no resize_size; "
-                    "build it with resize_size for the validation loader"
-                )
-            return _resize_center_crop(image, self.resize_size, self.crop_size, self.interpolation)
-        if top + h > image.shape[1] or left + w > image.shape[2]:
-            return None
-        out = _crop_resize(image, top, left, h, w, self.crop_size, self.interpolation)
-        return out.flip(-1) if flip else out
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The device layer and the GPU rules that a CPU can check: device choice per process, the two process groups,
-TF32, the compile timeout, normalization into the autocast dtype, the stream drain before GPU JPEG decode, the
-preemption agreement, and the NVIDIA-only measurements that must say why they are missing."""
+TF32, the compile timeout, normalization into the autocast dtype, the preemption agreement, and the NVIDIA-only
+measurements that must say why they are missing (the stream drain before GPU JPEG decode: test_device_decode.py)."""
 
 import datetime
 import sys
@@ -178,27 +178,6 @@ def test_uint8_batches_are_normalized_straight_into_the_autocast_dtype(tmp_path)
                                             channels_last=False, dtype=torch.bfloat16)
     images, targets, _ = next(iter(device_loader))
     assert images.dtype == torch.bfloat16 and images.shape == (2, 3, 32, 32)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# GPU JPEG decode: the stream is drained before nvJPEG writes
-# ------------------------------------------------------------------------------------------------------------
-def test_device_decoder_drains_the_stream_before_each_decode(monkeypatch):
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (40, 30), (200, 10, 10)).save(buf, format="JPEG")
-    item = transforms.EncodedTrainTransform(crop_size=16)(buf.getvalue(), "a.jpg")
-    events = []
-    real_drain, real_decode = accelerator.drain_current_stream, transforms._tv_decode_jpeg
-    monkeypatch.setattr(accelerator, "drain_current_stream", lambda d: events.append("drain") or real_drain(d))
-    monkeypatch.setattr(transforms, "_tv_decode_jpeg",
-                        lambda payload, device="cpu": events.append("decode") or real_decode(payload, device))
-    batch, bad = transforms.DeviceDecoder(crop_size=16, device="cpu")([item, item])
-    assert bad == [] and batch.shape == (2, 3, 16, 16)
-    assert events[:2] == ["drain", "decode"]
 
 
 # ------------------------------------------------------------------------------------------------------------

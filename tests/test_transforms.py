@@ -299,7 +299,7 @@ def test_argument_errors():
 
 
 # ---------------------------------------------------------------------------------------
-# Encoded transforms and DeviceDecoder (device=cpu runs the same code as CUDA)
+# Encoded transforms: the workers' side of --decode-device (tests/test_device_decode.py: the device's)
 # ---------------------------------------------------------------------------------------
 
 
@@ -322,48 +322,6 @@ def test_encoded_transform_decodes_non_jpeg_on_the_worker():
     assert item["data"].shape == (3, 40, 50) and item["data"].dtype == torch.uint8
     gray = transforms.EncodedEvalTransform()(jpeg_bytes(40, 50, 0, mode="L"), "g.jpg")
     assert gray["data"].shape == (3, 40, 50)
-
-
-def test_device_decoder_cpu_matches_fast_transform(tmp_path):
-    sizes = [(48, 64), (64, 48), (56, 56), (40, 60)]
-    blobs = [write_and_read(tmp_path, f"d{i}.jpg", jpeg_bytes(h, w, seed=i))[0] for i, (h, w) in enumerate(sizes)]
-    blobs.append(encode(Image.fromarray(photo_array(44, 52, 9)), "PNG"))
-    enc = transforms.EncodedTrainTransform(crop_size=32)
-    fast = transforms.FastTrainTransform(crop_size=32)
-    items = [seeded(lambda: enc(b, f"{i}"), 50 + i) for i, b in enumerate(blobs)]
-    expected = torch.stack([seeded(lambda: fast(b, f"{i}"), 50 + i) for i, b in enumerate(blobs)])
-    batch, bad = transforms.DeviceDecoder(crop_size=32, device=torch.device("cpu"))(items)
-    assert bad == [] and batch.dtype == torch.uint8 and batch.shape == (5, 3, 32, 32)
-    assert torch.equal(batch, expected)  # same decoder, same crop, same resampler: identical
-
-
-def test_device_decoder_eval_matches_fast_eval():
-    blobs = [jpeg_bytes(48, 64, seed=1), jpeg_bytes(70, 37, seed=2)]
-    items = [transforms.EncodedEvalTransform()(b, "v.jpg") for b in blobs]
-    batch, bad = transforms.DeviceDecoder(crop_size=32, resize_size=36, device="cpu")(items)
-    fast = transforms.FastEvalTransform(crop_size=32, resize_size=36)
-    assert bad == [] and torch.equal(batch, torch.stack([fast(b, "v.jpg") for b in blobs]))
-    with pytest.raises(ValueError, match="resize_size"):
-        transforms.DeviceDecoder(crop_size=32, device="cpu")(items)
-
-
-def test_device_decoder_reports_corrupt_items():
-    good = jpeg_bytes(48, 64, seed=0)
-    corrupt = good[:200] + bytes(range(256)) * 4  # valid header, garbage after it
-    truncated = good[: len(good) // 2]
-    enc = transforms.EncodedTrainTransform(crop_size=32)
-    items = [seeded(lambda: enc(b, "x.jpg"), 1) for b in (good, corrupt, good, truncated)]
-    batch, bad = transforms.DeviceDecoder(crop_size=32, device="cpu")(items)
-    assert bad == [1, 3]
-    assert batch[1].eq(0).all() and batch[3].eq(0).all()
-    assert torch.equal(batch[0], batch[2]) and batch[0].float().mean() > 10
-
-
-def test_device_decoder_crop_outside_image_is_bad_not_fatal():
-    item = {"data": transforms._bytes_tensor(jpeg_bytes(48, 64, seed=0)),
-            "params": torch.tensor([40, 0, 20, 20, 0])}  # rows 40..60 of a 48-row image
-    batch, bad = transforms.DeviceDecoder(crop_size=16, device="cpu")([item])
-    assert bad == [0] and batch.shape == (1, 3, 16, 16) and batch.eq(0).all()
 
 
 def test_resize_via_float_matches_uint8_path():
