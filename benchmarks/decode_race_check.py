@@ -1,34 +1,36 @@
 #!/usr/bin/env python3
 """Does GPU JPEG decoding hand a training batch pixels that are not its own? A check of the stream race of
-pytorch/vision#9606 through the project's real input path (data.DeviceLoader + transforms.DeviceDecoder).
+pytorch/vision#9606 through the project's real input path (data.DeviceLoader + device_decode.DeviceDecoder).
 
     python benchmarks/decode_race_check.py --data DIR [--json OUT] [--device auto|cuda|cpu]
         [--batch-size 128] [--batches 12] [--crop-size 224] [--workers 4] [--delay-ms 100]
 
 DIR is an ImageFolder, e.g. made by `python scripts/make_demo_data.py DIR --kind photo`.
 
-The race. torchvision's decode_jpeg(device="cuda") allocates its outputs from the caching allocator on the
-caller's stream, then nvJPEG writes them from a private stream that does not wait for the caller's. The
-allocator hands a block out again as soon as it is freed on its stream, since any later use on that stream is
-ordered after the kernels already queued there; nvJPEG's writes are not. In DeviceLoader the caller's stream
-is the prefetch side stream: a batch's decoded images are freed as soon as the crop kernels that read them are
-queued, and the next batch's decode is handed their blocks. If those crops have not run yet, they read the
-next batch's pixels. The project's guard: DeviceDecoder waits for the stream before the batched decode.
+The race. torchvision's decode_jpeg(device="cuda") allocated its outputs from the caching allocator on the
+caller's stream, then nvJPEG wrote them from a private stream that did not wait for the caller's. The allocator
+hands a block out again as soon as it is freed on its stream, since any later use on that stream is ordered
+after the kernels already queued there; nvJPEG's writes were not. DeviceDecoder decodes with nvImageCodec, which
+is given the decode thread's stream and allocates its outputs itself; whether nvJPEG's hardware path honours
+that stream is what this check finds out. In DeviceLoader the caller's stream is the decode thread's: a batch's
+decoded images are freed as soon as the resize kernels that read them are queued, and the next batch's decode may
+reuse their memory. If those resizes have not run yet, they read the next batch's pixels. The project's guard:
+DeviceDecoder waits for the stream before each batched decode.
 
 How this check provokes it. After every batched decode it queues a GPU sleep (torch.cuda._sleep, --delay-ms)
-on the side stream, ahead of the crop kernels that read the decoded images. Those kernels are then still
-waiting when the host frees the images and the next batch's decode reuses their memory: the window the race
-needs, held open on purpose. Unguarded, batches come back with other images' pixels; guarded, the decode
-waits and every batch is right.
+on the decode thread's stream, ahead of the resize kernels that read the decoded images. Those kernels are then
+still waiting when the host frees the images and the next batch's decode may reuse their memory: the window the
+race needs, held open on purpose. Unguarded, batches can come back with other images' pixels; guarded, the
+decode waits and every batch is right.
 
-Every decoded batch is compared with the same items decoded by DeviceDecoder on the CPU (libjpeg-turbo, same
-crop and flip parameters), converted back to pixel levels. nvJPEG and libjpeg differ by IDCT rounding and
-chroma upsampling only, so an image counts as corrupted when its mean absolute difference exceeds
---max-mean-diff levels or fewer than --min-within of its values are within --tolerance levels; an image with
-another image's pixels differs by tens of levels.
+Every decoded batch is compared with the same items decoded by DeviceDecoder on the CPU (nvImageCodec's
+libjpeg-turbo backend, same crop and flip parameters), converted back to pixel levels. nvJPEG and libjpeg differ
+by IDCT rounding and chroma upsampling only, so an image counts as corrupted when its mean absolute difference
+exceeds --max-mean-diff levels or fewer than --min-within of its values are within --tolerance levels; an image
+with another image's pixels differs by tens of levels.
 
-A control then runs the same loop with a decoder that calls decode_jpeg without DeviceDecoder's wait: when it
-shows corrupted batches, the race is live on this machine and the check above is known to be able to see it.
+A control then runs the same loop with a decoder that decodes without DeviceDecoder's wait: when it shows
+corrupted batches, the race is live on this machine and the check above is known to be able to see it.
 
 Without CUDA (or with --device cpu) the same loader and comparison run with the CPU as the device (no streams,
 so no race); the JSON marks the race part skipped, with the reason.
@@ -50,8 +52,8 @@ if REPO not in sys.path:
 
 import data  # noqa: E402
 import datasets  # noqa: E402
+import device_decode  # noqa: E402
 import presets  # noqa: E402
-import transforms  # noqa: E402
 
 EXIT_CORRUPTED = 1
 EXIT_BAD_INPUT = 2
@@ -62,10 +64,10 @@ EXIT_BAD_INPUT = 2
 # ---------------------------------------------------------------------------------------
 
 
-class DelayedDecoder(transforms.DeviceDecoder):
+class DelayedDecoder(device_decode.DeviceDecoder):
     """The project's DeviceDecoder, with a GPU sleep queued on the current stream right after each batched
-    decode, so that the crop kernels reading the decoded images run that much later. Counts batched decodes
-    and the per-image fallbacks (a batch nvJPEG rejects is decoded image by image, outside the race)."""
+    decode, so that the resize kernels reading the decoded images run that much later. Counts batched decodes
+    and the images decoded again on the CPU (declined or all zero: outside the race)."""
 
     def __init__(self, *, sleep_cycles=0, **kwargs):
         super().__init__(**kwargs)
@@ -73,29 +75,30 @@ class DelayedDecoder(transforms.DeviceDecoder):
         self.batched_calls = 0
         self.fallback_images = 0
 
-    def _decode_jpegs(self, payloads):
+    def _decode_batch(self, streams):
         self.batched_calls += 1
-        images = self._batched_decode(payloads)
+        images = self._batched_decode(streams)
         if self.sleep_cycles:
             torch.cuda._sleep(self.sleep_cycles)
         return images
 
-    def _batched_decode(self, payloads):
-        return super()._decode_jpegs(payloads)
+    def _batched_decode(self, streams):
+        return super()._decode_batch(streams)
 
-    def _decode_one(self, payload):
+    def _decode_on_cpu(self, item):
         self.fallback_images += 1
-        return super()._decode_one(payload)
+        return super()._decode_on_cpu(item)
 
 
 class UnguardedDecoder(DelayedDecoder):
-    """The control: decode_jpeg called directly, without the wait DeviceDecoder._decode_jpegs does first."""
+    """The control: the batched decode without the wait DeviceDecoder._decode_batch does first."""
 
-    def _batched_decode(self, payloads):
+    def _batched_decode(self, streams):
         try:
-            return [image.to(self.device) for image in transforms._tv_decode_jpeg(payloads, device=self.device)]
-        except (RuntimeError, ValueError):
-            return [self._decode_one(payload) for payload in payloads]
+            stream = torch.cuda.current_stream().cuda_stream
+            return self._decoder.decode(streams, params=self._params, cuda_stream=stream)
+        except RuntimeError:
+            return [None] * len(streams)
 
 
 def sleep_cycles_for(ms, device):
@@ -179,7 +182,7 @@ def run_and_compare(cfg, device, decoder, batches, limits):
     del loader, loaders
     data.stop_workers()
 
-    reference_decoder = transforms.DeviceDecoder(crop_size=cfg.train_crop_size, device="cpu")
+    reference_decoder = device_decode.DeviceDecoder(crop_size=cfg.train_crop_size, device="cpu")
     per_batch = []
     for index, (got, items) in enumerate(zip(levels, recorder.items)):
         reference, undecodable = reference_decoder(items)
@@ -309,8 +312,8 @@ def main(argv=None):
     else:
         result["race"] = {"status": "ok", "reason": None}
     if on_gpu and result["fallback_images"]:
-        note = (f"{result['fallback_images']} of {result['images']} images were decoded one by one after nvJPEG "
-                "rejected their batch: those batches were outside the race")
+        note = (f"{result['fallback_images']} of {result['images']} images were decoded again on the CPU (nvJPEG "
+                "declined them or returned them all zero): those images were outside the race")
         result["race"]["reason"] = "; ".join(filter(None, (result["race"]["reason"], note)))
     if control is not None:
         status, reason = _control_verdict(control)

@@ -4,11 +4,13 @@
 #   bash benchmarks/gpu_check.sh          # $OUT/gpu_check.json, one folder per item under $OUT/gpu_check/
 #
 # Items, cheapest first, so that a machine taken back early still leaves the most important answers:
-#   decode_race     benchmarks/decode_race_check.py: GPU-decoded batches through the real DeviceLoader, the side
-#                   stream held back so that the nvJPEG stream race (pytorch/vision#9606) would show, every batch
-#                   compared with the CPU decode of the same crops
+#   decode_race     benchmarks/decode_race_check.py: batches decoded by nvImageCodec (nvJPEG, crop regions)
+#                   through the real DeviceLoader, its decode thread's stream held back so that the nvJPEG stream
+#                   race (pytorch/vision#9606) would show, every batch compared with the CPU decode of the same
+#                   crops; fallback_images counts the images decoded again on the CPU (declined or all zero)
 #   host_time       train.py --benchmark data --decode-device cuda: host_ms_per_batch, the milliseconds the
-#                   training thread spends obtaining each batch (read from the run's benchmark_data.json)
+#                   training thread spends obtaining each batch while the decode thread prepares the next ones
+#                   (read from the run's benchmark_data.json)
 #   deterministic   --use-deterministic-algorithms for STEPS steps, twice with one seed: it runs, and both agree
 #   compile_resume  --amp --channels-last --compile --model-ema for STEPS steps and a checkpoint, then
 #                   --resume auto: the log says "resumed from" that checkpoint, and the next epoch is trained

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -140,9 +141,9 @@ def test_decode_check_on_the_cpu_compares_every_batch(race, square_data, tmp_pat
 
 
 def test_decode_check_exits_1_when_a_batch_holds_other_images(race, square_data, tmp_path, monkeypatch):
-    def other_images(self, payloads):  # each item gets its neighbour's pixels, as the race would give it
-        images = race.transforms.DeviceDecoder._decode_jpegs(self, payloads)
-        return images[1:] + images[:1]
+    def other_images(self, streams):  # pixels that are not the item's own (its crop upside down), as the race gives
+        images = race.device_decode.DeviceDecoder._decode_batch(self, streams)
+        return [np.ascontiguousarray(np.asarray(image)[::-1]) for image in images]
 
     monkeypatch.setattr(race.DelayedDecoder, "_batched_decode", other_images)
     out = tmp_path / "race.json"
