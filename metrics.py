@@ -1,20 +1,14 @@
-"""The run's files: ``metrics.jsonl`` and ``summary.json``, their one writer and their one reader.
+"""The run's files, ``metrics.jsonl`` and ``summary.json``: their schema, their one writer and their one reader.
 
-The trainer builds one record per epoch and hands it to :class:`MetricsSink`, which prints the console
-line, appends the record to ``metrics.jsonl``, mirrors it to TensorBoard and keeps it in memory for the
-summary. Everything that reads a run afterwards (``scripts/results_table.py``, ``scripts/plot_curves.py``,
-``scripts/demo.sh``, tests) goes through :func:`read_metrics` and :func:`read_summary`, so the numbers
-can never disagree between them.
+The trainer hands one record per epoch to :class:`MetricsSink`, which prints the console line, appends it to
+``metrics.jsonl``, mirrors it to TensorBoard and keeps it for the summary. Everything that reads a run afterwards
+(``scripts/results_table.py``, ``scripts/plot_curves.py``, ``scripts/demo.sh``, tests) goes through
+:func:`read_metrics` and :func:`read_summary`. Both files are described once, field by field, in
+:data:`RECORD_SCHEMA` and :data:`SUMMARY_SCHEMA`; ``python metrics.py`` prints them as tables.
 
-Both files are described once, field by field, in :data:`RECORD_SCHEMA` (``OUTPUT/metrics.jsonl``: one
-JSON object per line, one line per finished epoch) and :data:`SUMMARY_SCHEMA` (``OUTPUT/summary.json``:
-one object per run, built by :func:`summarize_run`); ``python metrics.py`` prints them as tables.
-
-Units: accuracies are percentages (0..100); memory figures are GiB (2**30 bytes), named ``*_gb`` for
-brevity; times are seconds. Non-finite floats (NaN, inf) are written as JSON ``null`` because strict
-JSON has no spelling for them; the console line still shows them as ``nan``.
-
-Standard library only (TensorBoard is imported when asked for): the scripts read runs without torch.
+Accuracies are percentages, memory GiB (2**30 bytes, named ``*_gb``), times seconds. NaN and inf are written as
+``null`` (strict JSON has no spelling for them); the console line still shows ``nan``. Standard library only
+(TensorBoard is imported when asked for): the scripts read runs without torch.
 """
 
 from __future__ import annotations
@@ -156,11 +150,8 @@ def schema_tables() -> str:
 
 
 def _plain(value: Any) -> Any:
-    """Turn tensors / numpy scalars into Python numbers and non-finite floats into None.
-
-    The trainer often hands over 0-d tensors; json cannot encode them, and strict JSON
-    (jq, browsers) rejects NaN, so both are normalised in one place.
-    """
+    """Tensors and numpy scalars -> Python numbers (json cannot encode them), non-finite floats -> None (strict
+    JSON readers such as jq reject NaN)."""
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -183,12 +174,9 @@ class RunFileError(ValueError):
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """The records of a metrics.jsonl file in file order; [] when there is no such file.
-
-    A crash in the middle of a write can leave a truncated last line; losing that one
-    epoch's record is better than refusing to resume, so bad lines are dropped with a
-    warning naming the file and line.
-    """
+    """The records of a metrics.jsonl file in file order; [] when there is no such file. A crash mid-write can
+    leave a truncated last line: losing that epoch's record beats refusing to resume, so bad lines are dropped
+    with a warning naming the file and line."""
     records: list[dict] = []
     if not os.path.exists(path):
         return records
@@ -218,11 +206,7 @@ def latest_per_epoch(records: list[dict]) -> list[dict]:
 
 
 def read_metrics(output_dir: str) -> list[dict]:
-    """The per-epoch records of a run's OUTPUT/metrics.jsonl: one per epoch, in epoch order.
-
-    Raises RunFileError when the folder has no metrics.jsonl; unreadable lines are dropped with a
-    warning (see read_jsonl).
-    """
+    """The records of a run's OUTPUT/metrics.jsonl, one per epoch in epoch order; RunFileError without the file."""
     path = os.path.join(output_dir, METRICS_FILE)
     if not os.path.isfile(path):
         raise RunFileError(f"{output_dir}: no {METRICS_FILE} (is it the --output-dir of a training run?)")
@@ -230,11 +214,8 @@ def read_metrics(output_dir: str) -> list[dict]:
 
 
 def read_summary(output_dir: str) -> dict:
-    """A run's OUTPUT/summary.json as a dict, checked to be an object of this schema_version.
-
-    Raises RunFileError, with one line naming the file and what is wrong, when it is missing,
-    unreadable, not JSON or of another schema version.
-    """
+    """A run's OUTPUT/summary.json as a dict; RunFileError, one line naming the file, when it is missing,
+    unreadable, not a JSON object or of another schema version."""
     path = os.path.join(output_dir, SUMMARY_FILE)
     if not os.path.isfile(path):
         raise RunFileError(f"{output_dir}: no {SUMMARY_FILE} (is it the --output-dir of a run that started?)")
@@ -303,90 +284,61 @@ def format_epoch_line(record: dict) -> str:
 # --------------------------------------------------------------------------- the sink
 
 
-def _import_summary_writer():
-    """Import SummaryWriter, turning a missing tensorboard package into one actionable line."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as exc:
-        raise RuntimeError(
-            f"TensorBoard logging was requested but the 'tensorboard' package cannot be imported ({exc}); "
-            "pip install tensorboard, or turn TensorBoard logging off"
-        ) from None
-    return SummaryWriter
-
-
 class MetricsSink:
-    """Writes per-epoch records to metrics.jsonl (+ TensorBoard) and the run summary, and keeps the records.
+    """Writes the epoch records to metrics.jsonl (+ TensorBoard) and the run summary, and keeps the records.
 
-    ``records`` holds the run's records in epoch order (as written: plain numbers, null for NaN): on a
-    resume, the kept ones are read from metrics.jsonl once, at :meth:`start`; then :meth:`log_epoch`
-    appends each new one. The trainer builds the summary from it and never reads the file back.
-
-    Only the main process writes: other ranks get a sink whose methods do nothing (and whose ``records``
-    stay empty), so the trainer can call it unconditionally. ``output_dir=None`` keeps the console line and
-    the records but writes no files (handy for quick experiments).
+    ``records`` holds the run's records in epoch order, as written (plain numbers, null for NaN): on a resume the
+    kept ones are read once, at :meth:`start`, and the trainer builds the summary from them, never reading the file
+    back. Other ranks get a sink that does nothing, so the trainer calls it unconditionally; ``output_dir=None``
+    keeps the console line and the records but writes no files.
     """
 
     def __init__(self, output_dir: str | None, *, is_main: bool, tensorboard: bool = False):
-        self.output_dir = output_dir
-        self.is_main = is_main
-        self.tensorboard = tensorboard
+        self.output_dir, self.is_main, self.tensorboard = output_dir, is_main, tensorboard
         self.records: list[dict] = []
-        self._writer = None
-        self._writer_cls = None
+        self._writer = self._writer_cls = None
         self._started = False
         if not is_main:
             return
         if tensorboard:
             if output_dir is None:
                 raise ValueError("TensorBoard logging needs an output directory; set one or turn TensorBoard off")
-            # Import now, not at the first epoch, so a missing package fails before training.
-            self._writer_cls = _import_summary_writer()
+            try:  # now, not at the first epoch, so that a missing package fails before training
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise RuntimeError(
+                    f"TensorBoard logging was requested but the 'tensorboard' package cannot be imported ({exc}); "
+                    "pip install tensorboard, or turn TensorBoard logging off") from None
+            self._writer_cls = SummaryWriter
         if output_dir is not None:
             os.makedirs(output_dir, exist_ok=True)
-
-    @property
-    def metrics_path(self) -> str | None:
-        return None if self.output_dir is None else os.path.join(self.output_dir, METRICS_FILE)
-
-    @property
-    def summary_path(self) -> str | None:
-        return None if self.output_dir is None else os.path.join(self.output_dir, SUMMARY_FILE)
-
-    def _writes_files(self) -> bool:
-        return self.is_main and self.output_dir is not None
 
     def start(self, resume_epoch: int | None) -> None:
         """Prepare metrics.jsonl (and TensorBoard) for a fresh run or a resume, and load ``records``.
 
-        ``resume_epoch`` is the first epoch that will run. Records with epoch >= it came
-        from epochs whose checkpoint was lost, and they will be produced again, so the
-        file is rewritten atomically without them; the others become ``records``. For a
-        fresh run (``None``) an existing metrics.jsonl belongs to another run: it is moved
-        aside to ``metrics.jsonl.prev`` rather than mixed with the new one or deleted.
+        ``resume_epoch`` is the first epoch that will run: records of that epoch and later came from epochs whose
+        checkpoint was lost and will be produced again, so the file is rewritten atomically without them. On a
+        fresh run (None) an existing metrics.jsonl belongs to another run: it is moved aside to
+        ``metrics.jsonl.prev``, neither mixed with the new one nor deleted.
         """
         if not self.is_main:
             return
-        if resume_epoch is not None and resume_epoch < 0:
-            raise ValueError(f"MetricsSink.start: resume_epoch must be >= 0, got {resume_epoch}")
         self._started = True
         self.records = []
         if self.output_dir is None:
             return
-        path = self.metrics_path
+        path = os.path.join(self.output_dir, METRICS_FILE)
         if resume_epoch is None:
             if os.path.exists(path) and os.path.getsize(path) > 0:
                 os.replace(path, path + ".prev")
         elif os.path.exists(path):
             self.records = [r for r in read_jsonl(path) if r["epoch"] < resume_epoch]
             text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in self.records)
-            fileio.atomic_write(path, lambda f: f.write(text), binary=False)  # never a half-rewritten file
+            fileio.atomic_write(path, lambda f: f.write(text), binary=False)
         if self._writer_cls is not None and self._writer is None:
             # purge_step makes TensorBoard hide events from the abandoned epochs >= resume_epoch.
-            self._writer = self._writer_cls(
-                log_dir=os.path.join(self.output_dir, TENSORBOARD_DIR),
-                purge_step=resume_epoch,
-            )
+            self._writer = self._writer_cls(log_dir=os.path.join(self.output_dir, TENSORBOARD_DIR),
+                                            purge_step=resume_epoch)
 
     def log_epoch(self, record: dict) -> str:
         """Append one record to ``records`` and metrics.jsonl (durably), mirror it to TensorBoard, return the
@@ -399,12 +351,9 @@ class MetricsSink:
         if missing:
             raise ValueError(f"metrics record is missing field(s) {', '.join(missing)}; see metrics.RECORD_SCHEMA")
         clean = _plain(dict(record))
-        if not isinstance(clean["epoch"], int):
-            raise ValueError(f"metrics record 'epoch' must be an int, got {record['epoch']!r}")
         if self.output_dir is not None:
-            line = json.dumps(clean, allow_nan=False) + "\n"
-            with open(self.metrics_path, "a", encoding="utf-8") as f:
-                f.write(line)
+            with open(os.path.join(self.output_dir, METRICS_FILE), "a", encoding="utf-8") as f:
+                f.write(json.dumps(clean, allow_nan=False) + "\n")
                 f.flush()
                 # fsync per epoch: a preempted job must not lose epochs its checkpoint already covers.
                 os.fsync(f.fileno())
@@ -421,10 +370,9 @@ class MetricsSink:
 
     def write_summary(self, summary: dict) -> None:
         """Write summary.json atomically (see fileio.atomic_write)."""
-        if not self._writes_files():
-            return
-        text = json.dumps(_plain(summary), indent=2, allow_nan=False) + "\n"
-        fileio.atomic_write(self.summary_path, lambda f: f.write(text), binary=False)
+        if self.is_main and self.output_dir is not None:
+            text = json.dumps(_plain(summary), indent=2, allow_nan=False) + "\n"
+            fileio.atomic_write(os.path.join(self.output_dir, SUMMARY_FILE), lambda f: f.write(text), binary=False)
 
     def close(self) -> None:
         """Flush and close TensorBoard; safe to call twice."""
@@ -438,16 +386,11 @@ class MetricsSink:
 
 
 def peak_host_rss_gb() -> float:
-    """Lifetime peak resident memory of this process (GiB).
-
-    getrusage reports kilobytes on Linux (bytes on macOS). DataLoader workers are
-    separate processes and are not included.
-    """
-    import resource  # Unix only; imported here so the module still imports elsewhere.
+    """Lifetime peak resident memory of this process (GiB), DataLoader workers not included."""
+    import resource  # Unix only; imported here so the module still imports elsewhere
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    peak_bytes = peak if sys.platform == "darwin" else peak * 1024
-    return peak_bytes / _GIB
+    return (peak if sys.platform == "darwin" else peak * 1024) / _GIB  # bytes on macOS, KiB on Linux
 
 
 # --------------------------------------------------------------------------- summary
@@ -455,46 +398,25 @@ def peak_host_rss_gb() -> float:
 
 def _present(records: list[dict], field: str) -> list:
     """Non-null, finite values of one field, in epoch order."""
-    values = []
-    for r in records:
-        v = r.get(field)
-        if v is None or isinstance(v, bool):
-            continue
-        if isinstance(v, float) and not math.isfinite(v):
-            continue
-        values.append(v)
-    return values
+    values = [r.get(field) for r in records if not isinstance(r.get(field), bool)]
+    return [v for v in values if v is not None and (not isinstance(v, float) or math.isfinite(v))]
 
 
 def summarize_run(records: list[dict], run_info: dict) -> dict:
-    """Build the summary.json dict from the metrics.jsonl records and the trainer's run_info.
-
-    See SUMMARY_SCHEMA for every field. Derived values come only from the records (an epoch
-    written twice counts once, the last record winning); when the records lack the data, the
-    field is None.
-    """
+    """The summary.json dict (SUMMARY_SCHEMA) from the records and the trainer's run_info. Derived values come
+    only from the records (an epoch written twice counts once, the last record winning), None where they lack
+    the data."""
     missing = [f for f in RUN_INFO_FIELDS if f not in run_info]
     if missing:
         raise ValueError(f"summarize_run: run_info is missing {', '.join(missing)}; see metrics.SUMMARY_SCHEMA")
-    if run_info["status"] not in STATUSES:
-        raise ValueError(f"summarize_run: status must be one of {STATUSES}, got {run_info['status']!r}")
-    if run_info["precision"] not in PRECISIONS:
-        raise ValueError(f"summarize_run: precision must be one of {PRECISIONS}, got {run_info['precision']!r}")
-    if run_info["memory_format"] not in MEMORY_FORMATS:
-        raise ValueError(
-            f"summarize_run: memory_format must be one of {MEMORY_FORMATS}, got {run_info['memory_format']!r}"
-        )
+    for field, allowed in (("status", STATUSES), ("precision", PRECISIONS), ("memory_format", MEMORY_FORMATS)):
+        if run_info[field] not in allowed:
+            raise ValueError(f"summarize_run: {field} must be one of {allowed}, got {run_info[field]!r}")
 
     ordered = latest_per_epoch(records)
-
-    best_acc1 = best_acc5 = best_epoch = None
-    for r in ordered:
-        acc1 = r.get("val_acc1")
-        if acc1 is None or (isinstance(acc1, float) and not math.isfinite(acc1)):
-            continue
-        if best_acc1 is None or acc1 > best_acc1:
-            best_acc1, best_acc5, best_epoch = acc1, r.get("val_acc5"), r["epoch"]
-
+    # The first of equally good epochs; its val_acc5 is the same checkpoint's, as model zoos report it.
+    best = max((r for r in ordered if _present([r], "val_acc1")), key=lambda r: r["val_acc1"], default={})
+    best_acc1 = best.get("val_acc1")
     last = ordered[-1] if ordered else {}
     imgs = _present(ordered, "imgs_per_sec")
     mem = _present(ordered, "peak_mem_gb")
@@ -517,8 +439,8 @@ def summarize_run(records: list[dict], run_info: dict) -> dict:
     derived = {
         "schema_version": SCHEMA_VERSION,
         "best_acc1": best_acc1,
-        "best_acc5": best_acc5,
-        "best_epoch": best_epoch,
+        "best_acc5": best.get("val_acc5"),
+        "best_epoch": best.get("epoch"),
         "final_acc1": last.get("val_acc1"),
         "final_acc5": last.get("val_acc5"),
         "epochs_run": len(ordered),
@@ -529,15 +451,8 @@ def summarize_run(records: list[dict], run_info: dict) -> dict:
         "peak_host_rss_gb": max(rss) if rss else None,
         "bad_images": sum(bad) if bad else None,
     }
-    versions = run_info["versions"]
-    summary = {}
-    for field in SUMMARY_FIELDS:
-        if field in derived:
-            summary[field] = derived[field]
-        elif field == "versions":
-            summary[field] = {k: (versions or {}).get(k) for k in VERSION_KEYS}
-        else:
-            summary[field] = run_info[field]
+    summary = {field: derived[field] if field in derived else run_info[field] for field in SUMMARY_FIELDS}
+    summary["versions"] = {k: (run_info["versions"] or {}).get(k) for k in VERSION_KEYS}
     return _plain(summary)
 
 
