@@ -1,9 +1,5 @@
-"""Small shared pieces: distributed setup and reductions, seeding and RNG state, accuracy, step logging,
-weight-decay parameter groups, and the learning-rate schedule.
-
-Distributed setup lives here and nowhere else: `init_distributed` reads torchrun's or SLURM's environment
-once and returns a `DistInfo` that the rest of the code passes around explicitly.
-"""
+"""Small shared pieces: distributed setup (the only reader of torchrun's or SLURM's environment) and reductions,
+seeding and RNG state, accuracy, step logging, weight-decay parameter groups, LARS and the learning-rate schedule."""
 
 import datetime
 import math
@@ -27,13 +23,9 @@ import metrics
 # ----------------------------------------------------------------------------------------------------------
 @dataclass
 class DistInfo:
-    """Who this process is, and the two process groups every collective goes through:
-
-    - `device_group`: device tensors (DDP's gradient buckets, SyncBatchNorm, on-device reductions), on the
-      device's backend (NCCL for CUDA, XCCL, HCCL; gloo on the CPU);
-    - `control_group`: host values (loss sums, counts, flags, pickled objects, barriers) on a gloo group that
-      always exists, so they never touch the device's backend: NCCL refuses CPU tensors, and a host value
-      reduced on the device would cost a copy and a synchronization."""
+    """Who this process is, and its two process groups: `device_group` for device tensors (DDP, SyncBatchNorm), on
+    the device's backend; `control_group` for host values (sums, flags, objects, barriers), on gloo: NCCL refuses
+    CPU tensors, and a host value reduced on the device would cost a copy and a synchronization."""
 
     rank: int = 0
     world_size: int = 1
@@ -92,11 +84,9 @@ def first_slurm_host(nodelist: str) -> str:
 
 
 def init_distributed(device: torch.device, dist_backend: str, dist_url: str, timeout_minutes: float) -> DistInfo:
-    """Start the process group when launched by torchrun or SLURM; a single process otherwise.
-
-    The default group uses `dist_backend`. Device tensors go to it when its backend serves `device` (NCCL and
-    CUDA, gloo and the CPU); otherwise (e.g. `--dist-backend cuda:gloo --device cpu`, the CPU stand-in for NCCL's
-    rule that it reduces CUDA tensors only) they get a group of the device's own default backend."""
+    """Start the process group when launched by torchrun or SLURM; a single process otherwise. Device tensors go
+    to the default group (`dist_backend`) when it serves `device`, else (e.g. `--dist-backend cuda:gloo --device
+    cpu`, the CPU stand-in for NCCL's CUDA-only rule) to a group of the device's own default backend."""
     env = read_launcher_env()
     if env is None or env["world_size"] <= 1 and "RANK" not in os.environ:
         return DistInfo()
@@ -127,20 +117,21 @@ def init_distributed(device: torch.device, dist_backend: str, dist_url: str, tim
     )
 
 
-def dist_sum(values, info: DistInfo) -> list:
-    """Sum a list of host numbers over all ranks, exactly (float64), on the control group."""
+def _reduce_host(values, info: DistInfo, op) -> list:
     t = torch.tensor(values, dtype=torch.float64)
     if info.distributed:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=info.control_group)
+        dist.all_reduce(t, op=op, group=info.control_group)
     return t.tolist()
+
+
+def dist_sum(values, info: DistInfo) -> list:
+    """Sum a list of host numbers over all ranks, exactly (float64), on the control group."""
+    return _reduce_host(values, info, dist.ReduceOp.SUM)
 
 
 def dist_max(values, info: DistInfo) -> list:
     """Element-wise maximum of a list of host numbers over all ranks, on the control group."""
-    t = torch.tensor(values, dtype=torch.float64)
-    if info.distributed:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=info.control_group)
-    return t.tolist()
+    return _reduce_host(values, info, dist.ReduceOp.MAX)
 
 
 def all_gather_objects(obj, info: DistInfo) -> list:
@@ -179,12 +170,10 @@ class PreemptionFlag:
 class StopAgreement:
     """Whether to stop now, decided by all ranks at the same step without a collective on every step.
 
-    A signal may reach one rank only. Agreeing on every step would put a host barrier across all ranks (16 on
-    two nodes) into every step; instead the ranks agree every few steps, so that a check comes about every
-    `check_seconds` of training. At each check every rank proposes the next interval from its own measured step
-    time and the shortest proposal wins, carried in the same all-reduce as the flag, so every rank knows the step
-    of the next check and all stop at the same step. A signal is answered within about `check_seconds` plus one
-    step; a single process checks its flag on every step (no collective needed)."""
+    A signal may reach one rank only, and a host barrier on every step would slow every step. The ranks agree
+    about every `check_seconds` of training instead: at each check every rank proposes the next interval from its
+    own step time, the shortest wins (in the same all-reduce as the flag), so all stop at the same step. A single
+    process reads its flag on every step."""
 
     def __init__(self, flag: PreemptionFlag, info: DistInfo, *, check_seconds: float = 2.0, max_interval: int = 100):
         self.flag, self.info = flag, info
@@ -280,9 +269,8 @@ def accuracy_counts(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> li
 
 
 class StepLogger:
-    """Per-iteration console log in the reference's shape (eta, lr, img/s, loss, acc1, acc5, time, data,
-    max mem). Running sums stay on the device; they are read only every `print_freq` steps, so the hot loop
-    never waits on the GPU."""
+    """Per-iteration console log in the reference's shape. Running sums stay on the device and are read only every
+    `print_freq` steps, so the hot loop never waits on the GPU."""
 
     def __init__(self, header: str, total_steps: int, print_freq: int, device, enabled: bool, stream=None):
         self.header, self.total, self.print_freq = header, total_steps, max(1, print_freq)
@@ -292,7 +280,7 @@ class StepLogger:
         self.correct1 = torch.zeros((), dtype=torch.int64, device=device)
         self.correct5 = torch.zeros((), dtype=torch.int64, device=device)
         self.samples = 0
-        self.start = self.last = time.perf_counter()
+        self.last = time.perf_counter()
         self.data_time = 0.0
         self.last_steps = 0
 
@@ -304,33 +292,20 @@ class StepLogger:
         self.samples += batch
         self.data_time += data_time
 
-    def averages(self) -> dict:
-        n = max(1, self.samples)
-        return {
-            "loss": self.loss_sum.item() / n,
-            "acc1": self.correct1.item() * 100.0 / n,
-            "acc5": self.correct5.item() * 100.0 / n,
-        }
-
     def maybe_print(self, step: int, lr: float, global_batch: int) -> None:
         done = step + 1
         if not self.enabled or (done % self.print_freq != 0 and done != self.total):
             return
-        now = time.perf_counter()
-        avg = self.averages()
+        now, n = time.perf_counter(), max(1, self.samples)
         step_time = (now - self.last) / max(1, done - self.last_steps)
         eta = step_time * (self.total - done)
-        mem = ""
         peak_gb = accelerator.peak_memory_gb(self.device)
-        if peak_gb is not None:
-            mem = f"  max mem: {peak_gb * 1024:.0f}MB"
+        mem = "" if peak_gb is None else f"  max mem: {peak_gb * 1024:.0f}MB"
         print(
             f"{self.header} [{done}/{self.total}]  eta: {metrics.format_hms(eta)}  lr: {lr:.6f}  "
-            f"img/s: {global_batch / step_time:.1f}  loss: {avg['loss']:.4f}  acc1: {avg['acc1']:.2f}  "
-            f"acc5: {avg['acc5']:.2f}  time: {step_time:.4f}  data: {self.data_time / max(1, done):.4f}{mem}",
-            file=self.stream,
-            flush=True,
-        )
+            f"img/s: {global_batch / step_time:.1f}  loss: {self.loss_sum.item() / n:.4f}  "
+            f"acc1: {self.correct1.item() * 100.0 / n:.2f}  acc5: {self.correct5.item() * 100.0 / n:.2f}  "
+            f"time: {step_time:.4f}  data: {self.data_time / max(1, done):.4f}{mem}", file=self.stream, flush=True)
         self.last, self.last_steps = now, done
 
 
@@ -375,11 +350,9 @@ def set_weight_decay(model: torch.nn.Module, weight_decay: float, norm_weight_de
 class LRSchedule:
     """LR factor as a function of (epoch, step), so a resumed run gets exactly the lr it would have had.
 
-    Warmup is per iteration (Goyal et al. 2017, "Accurate, Large Minibatch SGD"). After it, steplr, exponentiallr
-    and cosineannealinglr keep their per-epoch meaning, counted from the end of warmup as in torchvision's
-    reference (SequentialLR with milestone = warmup epochs). poly and linear are per iteration and reach
-    `lr_min` at the last iteration of the run: poly is MLPerf's polynomial decay (`power` 2 there), linear is
-    FFCV's step-free ramp down (with a linear warmup to the peak before it)."""
+    Warmup is per iteration (Goyal et al. 2017). After it, steplr, exponentiallr and cosineannealinglr are per epoch,
+    counted from the end of warmup as in torchvision's reference (SequentialLR). poly (MLPerf's polynomial decay)
+    and linear (FFCV's ramp down) are per iteration and reach `lr_min` at the run's last iteration."""
 
     NAMES = ("steplr", "cosineannealinglr", "exponentiallr", "poly", "linear")
     WARMUPS = ("linear", "constant")
@@ -387,7 +360,6 @@ class LRSchedule:
     def __init__(self, *, name: str, epochs: int, iters_per_epoch: int, warmup_epochs: int = 0,
                  warmup_method: str = "constant", warmup_decay: float = 0.01, step_size: int = 30,
                  gamma: float = 0.1, lr_min: float = 0.0, base_lr: float = 0.1, power: float = 2.0):
-        # The names are checked once, by the command line's choices (options.py).
         self.name, self.epochs, self.iters = name, epochs, max(1, iters_per_epoch)
         self.warmup_epochs, self.warmup_method, self.warmup_decay = warmup_epochs, warmup_method, warmup_decay
         self.step_size, self.gamma, self.lr_min, self.base_lr = step_size, gamma, lr_min, base_lr
