@@ -1,10 +1,8 @@
 """The device layer: every device-specific call of the project goes through this module.
 
-Built on `torch.accelerator` and `torch.distributed.get_default_backend_for_device`, so NVIDIA CUDA, AMD ROCm
-(which PyTorch exposes as `cuda`), Intel XPU (`xccl`), Ascend NPU (`torch_npu`, `hccl`) and the CPU take the same
-path: device choice and `set_device`, synchronize, streams, memory statistics, the autocast device type, the
-GradScaler device, pinned memory, RNG state and the default distributed backend. What exists only on NVIDIA
-hardware (nvJPEG decode, NVML power, TF32) says so in one line instead of failing.
+Built on `torch.accelerator` and `torch.distributed.get_default_backend_for_device`, so NVIDIA CUDA, AMD ROCm (as
+`cuda`), Intel XPU, Ascend NPU (`torch_npu`) and the CPU take the same path. What exists only on NVIDIA hardware
+(nvJPEG decode, NVML power, TF32) says so in one line instead of failing.
 """
 
 from __future__ import annotations
@@ -35,30 +33,25 @@ def default_device_type() -> str:
     return accelerator_type() or "cpu"
 
 
-def _load_runtime(device_type: str) -> None:
-    module = _OUT_OF_TREE.get(device_type)
-    if module is None:
-        return
-    try:
-        importlib.import_module(module)
-    except ImportError as e:
-        raise ValueError(f"--device {device_type} needs the {module} package (pip install {module})") from e
-
-
 def resolve_device(spec: str, *, local_rank: int = 0, world_size: int = 1) -> torch.device:
-    """The device this process trains on, from --device and the launcher's local rank.
+    """The device this process trains on, from --device and the launcher's local rank; a one-line ValueError naming
+    --device when it cannot be used.
 
-    `cuda` (no index) means the accelerator of this process: local rank modulo the visible devices, so both
-    torchrun (8 processes, 8 visible cards) and SLURM without torchrun (one visible card per task, local ids 0-7)
-    pick a valid ordinal. `cuda:N` is honoured in a single process; with several processes it would put them all
-    on one card, so it is refused. Raises ValueError with a one-line message naming --device."""
+    `cuda` (no index) is local rank modulo the visible devices, a valid ordinal under torchrun (8 processes, 8
+    visible cards) and under SLURM without torchrun (one visible card per task, local ids 0-7). `cuda:N` is
+    honoured in a single process; with several it would put them all on one card, so it is refused."""
     try:
         requested = torch.device(spec)
     except (RuntimeError, ValueError) as e:
         raise ValueError(f"--device {spec!r} is not a device name; use cpu, cuda, cuda:N, xpu or npu") from e
     if requested.type == "cpu":
         return torch.device("cpu")
-    _load_runtime(requested.type)
+    if requested.type in _OUT_OF_TREE:
+        module = _OUT_OF_TREE[requested.type]
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f"--device {requested.type} needs the {module} package (pip install {module})") from e
     if accelerator_type() != requested.type:
         raise ValueError(f"--device {spec} was asked for but no {requested.type.upper()} device is available; "
                          f"use --device {default_device_type()}")
@@ -249,9 +242,7 @@ def _nvml_handle(pynvml, device_index: int):
     exposes it; otherwise the visible-devices list is mapped."""
     try:
         props = torch.cuda.get_device_properties(device_index)
-        domain = getattr(props, "pci_domain_id", None)
-        bus = getattr(props, "pci_bus_id", None)
-        dev = getattr(props, "pci_device_id", None)
+        domain, bus, dev = (getattr(props, f"pci_{part}_id", None) for part in ("domain", "bus", "device"))
         if None not in (domain, bus, dev):
             return pynvml.nvmlDeviceGetHandleByPciBusId(f"{domain:08x}:{bus:02x}:{dev:02x}.0")
     except Exception:  # fall back to index mapping below
@@ -265,15 +256,11 @@ def _nvml_handle(pynvml, device_index: int):
 
 
 class PowerMonitor:
-    """Mean board power of one NVIDIA GPU, sampled from NVML in a background thread.
-
-    Uses the optional ``nvidia-ml-py`` package (module ``pynvml``). Power is a side measurement, so every failure
-    (a CPU run, another vendor's accelerator, the package missing, an unsupported board) turns into
-    ``(None, reason)`` rather than an exception that would stop training."""
+    """Mean board power of one NVIDIA GPU, sampled from NVML (the optional ``nvidia-ml-py`` package) in a background
+    thread. Power is a side measurement: every failure (a CPU run, another vendor, the package missing, an
+    unsupported board) is ``(None, reason)``, not an exception that would stop training."""
 
     def __init__(self, device: torch.device | None, interval_s: float = 1.0):
-        if interval_s <= 0:
-            raise ValueError(f"PowerMonitor interval_s must be > 0, got {interval_s}")
         self.device = device
         self.device_index = device.index if device is not None and is_nvidia(device) else None
         self.interval_s = interval_s
@@ -310,7 +297,8 @@ class PowerMonitor:
             self._samples.append(pynvml.nvmlDeviceGetPowerUsage(handle) / 1000.0)
         except Exception as exc:
             self._note = f"power not measured: NVML cannot read power of CUDA device {self.device_index} ({exc})"
-            self._shutdown(pynvml)
+            with contextlib.suppress(Exception):
+                pynvml.nvmlShutdown()
             return
         self._pynvml = pynvml
         self._stop.clear()
@@ -325,13 +313,6 @@ class PowerMonitor:
                 self._error = str(exc)
                 return
 
-    @staticmethod
-    def _shutdown(pynvml) -> None:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:
-            pass
-
     def stop(self) -> tuple[float | None, str]:
         """Stop sampling; return (mean watts or None, a note saying how or why not)."""
         if self._thread is None:
@@ -339,7 +320,8 @@ class PowerMonitor:
         self._stop.set()
         self._thread.join(timeout=max(5.0, 2 * self.interval_s))
         self._thread = None
-        self._shutdown(self._pynvml)
+        with contextlib.suppress(Exception):
+            self._pynvml.nvmlShutdown()
         self._pynvml = None
         samples = list(self._samples)
         mean = sum(samples) / len(samples)
