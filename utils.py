@@ -5,6 +5,7 @@ import datetime
 import math
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -69,18 +70,8 @@ def read_launcher_env(environ=None) -> dict | None:
 
 def first_slurm_host(nodelist: str) -> str:
     """First host of a SLURM node list, e.g. 'gpu[03-05,07],cpu1' -> 'gpu03' (no scontrol needed)."""
-    depth, first = 0, ""
-    for ch in nodelist.strip():
-        if ch == "," and depth == 0:
-            break
-        depth += (ch == "[") - (ch == "]")
-        first += ch
-    if not first:
-        return "127.0.0.1"
-    if "[" in first:
-        prefix, ranges = first.split("[", 1)
-        return prefix + ranges.rstrip("]").split(",")[0].split("-")[0]
-    return first
+    prefix, first_range = re.match(r"([^,\[]*)(?:\[([^\],-]*))?", nodelist.strip()).groups()
+    return prefix + (first_range or "") or "127.0.0.1"
 
 
 def init_distributed(device: torch.device, dist_backend: str, dist_url: str, timeout_minutes: float) -> DistInfo:
@@ -327,8 +318,7 @@ def set_weight_decay(model: torch.nn.Module, weight_decay: float, norm_weight_de
     given; parameters whose name ends with a custom key (e.g. 'bias') get that key's decay."""
     custom = dict(custom_keys_weight_decay or [])
     groups: dict[float, list] = {}
-
-    def visit(module, prefix):
+    for prefix, module in model.named_modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad:
                 continue
@@ -340,10 +330,6 @@ def set_weight_decay(model: torch.nn.Module, weight_decay: float, norm_weight_de
             elif norm_weight_decay is not None and isinstance(module, NORM_CLASSES):
                 wd = norm_weight_decay
             groups.setdefault(wd, []).append(p)
-        for child_name, child in module.named_children():
-            visit(child, f"{prefix}.{child_name}" if prefix else child_name)
-
-    visit(model, "")
     return [{"params": ps, "weight_decay": wd} for wd, ps in groups.items()]
 
 
