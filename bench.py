@@ -5,12 +5,11 @@ bottleneck?
     python train.py --benchmark data --data-path /data/imagenet --backend fast   # the input pipeline alone
     python train.py --benchmark full --data-path /data/imagenet --backend fast --amp --channels-last
 
-It is built by `train.build_run`, the very setup training uses, and times `train.TrainStep`, the very step
-training runs, so its figures cannot drift from the trainer's. The train loader is iterated once over an endless
-sampler: timed steps never wait on workers restarting at an epoch boundary, whatever the data set's size. The
-result is one JSON line on stdout and OUTPUT/benchmark_{mode}.json: global images/s (all ranks' images over the
-slowest rank's time, the device synchronized before each clock reading) and the host time per batch (what
-obtaining a batch costs the thread that launches the steps).
+Built by `train.build_run` and timing `train.TrainStep`, as training does, so the figures cannot drift from the
+trainer's. The train loader is iterated once over an endless sampler: no timed step waits on workers restarting at
+an epoch boundary. The result, one JSON line on stdout and OUTPUT/benchmark_{mode}.json, gives global images/s
+(all ranks' images over the slowest rank's time, the device synchronized before each clock reading) and the host
+time per batch (what obtaining a batch costs the thread that launches the steps).
 """
 
 import json
