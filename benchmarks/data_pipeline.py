@@ -387,12 +387,8 @@ def _summary(values, digits=2):
             "max": round(max(values), digits)}
 
 
-def measure(args, paths):
-    blobs = read_all(paths)
-    import jpeg_roi
-
-    roi_library, roi_message = jpeg_roi.prepare(args.roi_decode)
-    print(roi_message)
+def _pipelines(args, roi_library):
+    """The per-sample pipelines timed side by side (DALI's is built later, on the one core)."""
     transforms = _transforms()
     sides = {"reference": PerSample(ReferenceSample(args.crop_size), finish_reference),
              "fast": PerSample(transforms.FastTrainTransform(crop_size=args.crop_size, roi_library=roi_library),
@@ -401,26 +397,63 @@ def measure(args, paths):
     if roi_library is not None:
         # The same pipeline decoding whole images: what region-of-interest decoding alone buys.
         sides["fast_whole_decode"] = PerSample(transforms.FastTrainTransform(crop_size=args.crop_size), finish_fast)
+    return sides
+
+
+def _timed_rounds(args, sides, blobs, paths):
+    """Alternating rounds: per pipeline its images per wall and per CPU second, and the per-round ratios."""
+    wall_rates, cpu_rates = {name: [] for name in sides}, {name: [] for name in sides}
+    ratios = {"cpu": [], "wall": [], "cpu_vs_dali": [], "wall_vs_dali": []}
+    # Warm-up (allocator, lazy imports, DALI's buffers), not timed.
+    run_round(sides, blobs[: args.batch_size], paths[: args.batch_size], args.batch_size, args.seed, False)
+    for r in range(args.rounds):
+        times = run_round(sides, blobs, paths, args.batch_size, args.seed + 1000 * r, flip_order=r % 2 == 1)
+        for name, (wall, cpu) in times.items():
+            wall_rates[name].append(len(blobs) / wall)
+            cpu_rates[name].append(len(blobs) / cpu)
+        ratios["wall"].append(times["reference"][0] / times["fast"][0])
+        ratios["cpu"].append(times["reference"][1] / times["fast"][1])
+        if "dali" in times:
+            ratios["wall_vs_dali"].append(times["dali"][0] / times["fast"][0])
+            ratios["cpu_vs_dali"].append(times["dali"][1] / times["fast"][1])
+    return wall_rates, cpu_rates, ratios
+
+
+def _loader_result(args, sides, paths):
+    """Ours and the reference through a DataLoader with --workers workers, the better of two runs each."""
+    loader_sides = {name: sides[name] for name in ("reference", "fast")}
+    loader_wall, loader_cpu = {name: [] for name in loader_sides}, {name: [] for name in loader_sides}
+    for r in range(2):
+        order = list(loader_sides) if r % 2 == 0 else list(reversed(loader_sides))
+        for name in order:
+            wall_rate, cpu_rate = run_loader(loader_sides[name], paths, args.batch_size, args.workers, args.seed,
+                                             args.loader_images)
+            loader_wall[name].append(wall_rate)
+            loader_cpu[name].append(cpu_rate)
+    result = {"loader_workers": args.workers, "loader_images": args.loader_images}
+    for name in loader_sides:
+        result[f"loader_{name}_img_per_wall_s"] = round(max(loader_wall[name]), 1)
+        result[f"loader_{name}_img_per_cpu_s"] = round(max(loader_cpu[name]), 1)
+    result["loader_ratio_wall"] = round(result["loader_fast_img_per_wall_s"]
+                                        / result["loader_reference_img_per_wall_s"], 2)
+    result["loader_ratio_cpu"] = round(result["loader_fast_img_per_cpu_s"]
+                                       / result["loader_reference_img_per_cpu_s"], 2)
+    return result
+
+
+def measure(args, paths):
+    blobs = read_all(paths)
+    import jpeg_roi
+
+    roi_library, roi_message = jpeg_roi.prepare(args.roi_decode)
+    print(roi_message)
+    sides = _pipelines(args, roi_library)
     dali_skipped = "--no-dali" if args.no_dali else dali_unavailable()
     print(f"DALI CPU: skipped: {dali_skipped}" if dali_skipped else "DALI CPU: measured alongside (1 thread)")
-    wall_rates, cpu_rates = {}, {}
-    ratios = {"cpu": [], "wall": [], "cpu_vs_dali": [], "wall_vs_dali": []}
     with one_core():
         if not dali_skipped:
             sides["dali"] = DaliCpu(args.crop_size, args.batch_size, args.seed)
-        wall_rates, cpu_rates = {name: [] for name in sides}, {name: [] for name in sides}
-        # Warm-up (allocator, lazy imports, DALI's buffers), not timed.
-        run_round(sides, blobs[: args.batch_size], paths[: args.batch_size], args.batch_size, args.seed, False)
-        for r in range(args.rounds):
-            times = run_round(sides, blobs, paths, args.batch_size, args.seed + 1000 * r, flip_order=r % 2 == 1)
-            for name, (wall, cpu) in times.items():
-                wall_rates[name].append(len(blobs) / wall)
-                cpu_rates[name].append(len(blobs) / cpu)
-            ratios["wall"].append(times["reference"][0] / times["fast"][0])
-            ratios["cpu"].append(times["reference"][1] / times["fast"][1])
-            if "dali" in times:
-                ratios["wall_vs_dali"].append(times["dali"][0] / times["fast"][0])
-                ratios["cpu_vs_dali"].append(times["dali"][1] / times["fast"][1])
+        wall_rates, cpu_rates, ratios = _timed_rounds(args, sides, blobs, paths)
         profile = profile_side(sides["fast"], blobs, paths, args.batch_size) if args.profile else None
     result = {
         "num_images": len(blobs),
@@ -457,24 +490,7 @@ def measure(args, paths):
     if profile is not None:
         result["profile"] = profile
     if args.workers > 0:
-        loader_sides = {name: sides[name] for name in ("reference", "fast")}
-        loader_wall, loader_cpu = {name: [] for name in loader_sides}, {name: [] for name in loader_sides}
-        for r in range(2):
-            order = list(loader_sides) if r % 2 == 0 else list(reversed(loader_sides))
-            for name in order:
-                wall_rate, cpu_rate = run_loader(loader_sides[name], paths, args.batch_size, args.workers, args.seed,
-                                                 args.loader_images)
-                loader_wall[name].append(wall_rate)
-                loader_cpu[name].append(cpu_rate)
-        result["loader_workers"] = args.workers
-        result["loader_images"] = args.loader_images
-        for name in loader_sides:
-            result[f"loader_{name}_img_per_wall_s"] = round(max(loader_wall[name]), 1)
-            result[f"loader_{name}_img_per_cpu_s"] = round(max(loader_cpu[name]), 1)
-        result["loader_ratio_wall"] = round(result["loader_fast_img_per_wall_s"]
-                                            / result["loader_reference_img_per_wall_s"], 2)
-        result["loader_ratio_cpu"] = round(result["loader_fast_img_per_cpu_s"]
-                                           / result["loader_reference_img_per_cpu_s"], 2)
+        result.update(_loader_result(args, sides, paths))
     return result
 
 
