@@ -7,6 +7,7 @@ message names the path at fault and what is expected, instead of a deep tracebac
 
 import collections.abc
 import contextlib
+import functools
 import io
 import json
 import multiprocessing
@@ -141,10 +142,6 @@ def _list_folder(path):
         raise DataError(f"cannot read folder {path}: {err.strerror or err}") from None
 
 
-def _class_folders(entries):
-    return sorted(e.name for e in entries if e.is_dir() and not _is_hidden(e.name))
-
-
 def _check_data_path(data_path, splits):
     """The data path exists, is a folder and holds every requested split folder."""
     expected = "expected a folder with " + " and ".join(f"{s}/<class>/<image>.JPEG" for s in splits)
@@ -255,7 +252,7 @@ def list_splits(data_path: str, splits=("train", "val"), cache_files=None) -> tu
             lists[split], classes_by_split[split] = loaded
         else:
             split_mtimes[split], entries = _list_folder(split_dirs[split])
-            classes_by_split[split] = _class_folders(entries)
+            classes_by_split[split] = sorted(e.name for e in entries if e.is_dir() and not _is_hidden(e.name))
             _check_has_classes(split_dirs[split], classes_by_split[split], entries)
     # Compare class sets before looking inside the folders: a missing class explains empty or misplaced folders
     # better than the individual symptoms would.
@@ -492,22 +489,16 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.samples)
 
-    def _load(self, index, seed):
-        path, target = self.samples[index]
-        data = read_file(path)
-        if seed is None:
-            return self.transform(data, path), target
-        return run_seeded(lambda: self.transform(data, path), seed), target
-
     def __getitem__(self, key):
         index, seed = key if isinstance(key, (tuple, list)) else (key, None)
         n = len(self.samples)
         index = range(n)[index]
         attempts = min(MAX_BAD_IN_A_ROW, n)
         for step in range(attempts):
+            path, target = self.samples[(index + step) % n]
             try:
-                output, target = self._load((index + step) % n, seed)
-                return output, target, step
+                decode = functools.partial(self.transform, read_file(path), path)
+                return (decode() if seed is None else run_seeded(decode, seed)), target, step
             except BadImageError as err:
                 if self.bad_images == "error":
                     raise
@@ -547,37 +538,28 @@ def default_workers(processes_per_node: int = 1) -> int:
     return max(1, min(16, cores // max(1, processes_per_node)))
 
 
-def _decode_all(paths, workers, progress):
-    """The bad (path, reason) pairs of ``paths``, sorted; decoded in a process pool, or here with workers <= 1."""
-    bad = []
-    with contextlib.ExitStack() as stack:
-        results = map(_verify_file, paths)
-        if workers > 1 and len(paths) > 1:
-            workers = min(workers, len(paths))
-            pool = stack.enter_context(multiprocessing.Pool(workers))
-            # ~8 chunks per worker amortise the inter-process cost and keep the load balanced when sizes vary.
-            results = pool.imap_unordered(_verify_file, paths, chunksize=max(1, min(64, len(paths) // (workers * 8))))
-        for path, reason in results:
-            progress.advance()
-            if reason is not None:
-                bad.append((path, reason))
-    return sorted(bad)
-
-
 def verify_dataset(data_path: str, workers: int | None = None, progress: bool = True) -> dict:
-    """Check the layout, then decode every train and val image (``workers=0``: in this process).
+    """Check the layout, then decode every train and val image in a process pool (``workers=0``: here).
 
     Returns {"data_path": ..., "splits": {split: {"images": n, "classes": k, "bad": [(path, reason), ...]}}}.
     """
     classes, lists = list_splits(data_path)
-    workers = default_workers() if workers is None else int(workers)
+    workers = min(default_workers() if workers is None else int(workers), max(map(len, lists.values())))
     report = {"data_path": data_path, "splits": {}}
-    for split, files in lists.items():
-        paths = [path for path, _ in files]
-        bar = ProgressBar(len(paths), f"verify {split}", enabled=progress)
-        bad = _decode_all(paths, workers, bar)
-        bar.close()
-        report["splits"][split] = {"images": len(paths), "classes": len(classes), "bad": bad}
+    with multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        for split, files in lists.items():
+            paths = [path for path, _ in files]
+            bar = ProgressBar(len(paths), f"verify {split}", enabled=progress)
+            # ~8 chunks per worker amortise the inter-process cost and keep the load balanced when sizes vary.
+            chunksize = max(1, min(64, len(paths) // (max(1, workers) * 8)))
+            results = map(_verify_file, paths) if pool is None else pool.imap_unordered(_verify_file, paths, chunksize)
+            bad = []
+            for path, reason in results:
+                bar.advance()
+                if reason is not None:
+                    bad.append((path, reason))
+            bar.close()
+            report["splits"][split] = {"images": len(paths), "classes": len(classes), "bad": sorted(bad)}
     return report
 
 
