@@ -38,19 +38,6 @@ class RoiUnavailable(RuntimeError):
     """The region decoder cannot be used here; the message says why and what to install."""
 
 
-def _import_nvimgcodec():
-    """The nvidia.nvimgcodec module, imported with its logging off (see the module docstring);
-    RoiUnavailable when it is not installed or fails to load."""
-    os.environ.setdefault(_VERBOSITY_VARIABLE, "0")  # read once, when the library loads
-    try:
-        nvimgcodec = importlib.import_module("nvidia.nvimgcodec")
-    except ImportError as e:
-        raise RoiUnavailable(f"nvImageCodec is not installed ({e}); {INSTALL_HINT}") from None
-    except OSError as e:  # a wheel for another platform or a damaged install: its shared library fails to load
-        raise RoiUnavailable(f"nvImageCodec cannot be loaded ({e}); reinstall it: {INSTALL_HINT}") from None
-    return nvimgcodec
-
-
 class JpegDecoder:
     """nvImageCodec's CPU JPEG decoder: a region of the image, or all of it, as an (h, w, 3) uint8 array, or None.
 
@@ -60,8 +47,13 @@ class JpegDecoder:
     """
 
     def __init__(self):
-        nvimgcodec = _import_nvimgcodec()
-        self._nvimgcodec = nvimgcodec
+        os.environ.setdefault(_VERBOSITY_VARIABLE, "0")  # read once, when the library loads (module docstring)
+        try:
+            self._nvimgcodec = nvimgcodec = importlib.import_module("nvidia.nvimgcodec")
+        except ImportError as e:
+            raise RoiUnavailable(f"nvImageCodec is not installed ({e}); {INSTALL_HINT}") from None
+        except OSError as e:  # a wheel for another platform or a damaged install: its shared library fails to load
+            raise RoiUnavailable(f"nvImageCodec cannot be loaded ({e}); reinstall it: {INSTALL_HINT}") from None
         try:
             # device_id CPU_ONLY: without it the decoder asks the CUDA runtime for a device and fails on a
             # machine without a GPU driver, even with the CPU backend alone.
@@ -91,10 +83,8 @@ class JpegDecoder:
             image = self._decoder.decode(stream, params=self._params)
         except RuntimeError:
             return None
-        if image is None:
-            return None
-        array = np.asarray(image)
-        return array if array.ndim == 3 and array.shape[2] == 3 else None
+        array = None if image is None else np.asarray(image)
+        return array if array is not None and array.ndim == 3 and array.shape[2] == 3 else None
 
     def decode(self, data, left, top, width, height):
         """Pixels [top, top + height) x [left, left + width) of the image, or None when the file must be
