@@ -141,21 +141,17 @@ def _scalar(value):
     return item.item() if isinstance(item, np.generic) else item
 
 
-def load_meta_mat(data, source):
-    """Parse meta.mat bytes with scipy; returns the dict loadmat returns."""
+def parse_meta(data, source):
+    """(id_to_wnid, train_counts) from meta.mat's bytes: of its 1860 synsets, those without children
+    (ILSVRC2012_ID 1..1000) are the classes; num_train_images gives the per-class train counts."""
     try:
         import scipy.io
     except ImportError:
         raise BadInput(f"reading {source} needs scipy: pip install scipy") from None
     try:
-        return scipy.io.loadmat(io.BytesIO(data))
+        mat = scipy.io.loadmat(io.BytesIO(data))
     except Exception as exc:  # scipy raises several unrelated types on a bad file
         raise BadInput(f"{source}: not a readable MATLAB file ({exc})") from exc
-
-
-def parse_meta(mat, source):
-    """(id_to_wnid, train_counts) of a loaded meta.mat: of its 1860 synsets, those without children
-    (ILSVRC2012_ID 1..1000) are the classes; num_train_images gives the per-class train counts."""
     if "synsets" not in mat:
         raise BadInput(f"{source}: no 'synsets' variable; is this the ILSVRC2012 devkit's meta.mat?")
     synsets = mat["synsets"].reshape(-1)
@@ -239,8 +235,7 @@ def _read_devkit_files(path):
 def read_devkit(path):
     """Read the class list, train counts and val labels from the devkit at `path`."""
     meta_bytes, truth_bytes = _read_devkit_files(path)
-    id_to_wnid, train_counts = parse_meta(load_meta_mat(meta_bytes, f"{path}: {META_PATH}"),
-                                          f"{path}: {META_PATH}")
+    id_to_wnid, train_counts = parse_meta(meta_bytes, f"{path}: {META_PATH}")
     try:
         truth_text = truth_bytes.decode("ascii")
     except UnicodeDecodeError:
@@ -268,15 +263,10 @@ def count_images(folder):
 def _remove_temp_files(split_dir):
     """Delete the hidden .tmp files a killed run left in `split_dir`'s class folders: their images are written
     again, under new temporary names."""
-    if not os.path.isdir(split_dir):
-        return
-    with os.scandir(split_dir) as classes:
-        folders = [c.path for c in classes if c.is_dir()]
-    for folder in folders:
-        with os.scandir(folder) as entries:
-            leftovers = [e.path for e in entries if e.name.startswith(".") and e.name.endswith(".tmp")]
-        for path in leftovers:
-            os.unlink(path)
+    for folder, _, names in os.walk(split_dir):
+        for name in names:
+            if name.startswith(".") and name.endswith(".tmp"):
+                os.unlink(os.path.join(folder, name))
 
 
 @dataclasses.dataclass
