@@ -199,9 +199,7 @@ def read_jsonl(path: str) -> list[dict]:
 
 def latest_per_epoch(records: list[dict]) -> list[dict]:
     """One record per epoch, in epoch order; when an epoch repeats (a resumed run wrote it again) the last wins."""
-    by_epoch: dict[int, dict] = {}
-    for r in records:
-        by_epoch[int(r["epoch"])] = r
+    by_epoch = {int(r["epoch"]): r for r in records}
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
@@ -256,29 +254,24 @@ def _num(value: Any, spec: str, suffix: str = "") -> str:
 
 def format_epoch_line(record: dict) -> str:
     """The human console line for one epoch record, ending with the whole run's ETA."""
+    r, wait = record, record["data_wait_frac"]
     parts = [
-        f"Epoch {record['epoch']}",
-        f"lr {_num(record['lr'], '.5g')}",
-        f"train loss {_num(record['train_loss'], '.4f')} acc1 {_num(record['train_acc1'], '.2f', '%')}",
+        f"Epoch {r['epoch']}",
+        f"lr {_num(r['lr'], '.5g')}",
+        f"train loss {_num(r['train_loss'], '.4f')} acc1 {_num(r['train_acc1'], '.2f', '%')}",
+        "val not evaluated" if r["val_acc1"] is None and r["val_acc5"] is None else
+        f"val acc1 {_num(r['val_acc1'], '.2f', '%')} acc5 {_num(r['val_acc5'], '.2f', '%')}",
+        f"ema acc1 {_num(r['ema_acc1'], '.2f', '%')}" if r["ema_acc1"] is not None else None,
+        f"{_num(r['imgs_per_sec'], '.1f')} img/s",
+        f"data wait {_num(None if wait is None else 100.0 * wait, '.1f', '%')}",
+        f"epoch {format_hms(r['epoch_time_s'])}",
+        f"mem {_num(r['peak_mem_gb'], '.2f', ' GiB')}" if r["peak_mem_gb"] is not None else None,
+        f"rss {_num(r['peak_host_rss_gb'], '.2f', ' GiB')}",
+        f"bad images {r['bad_images']}" if r["bad_images"] else None,
+        f"step {r['global_step']}",
+        f"ETA {format_hms(r['eta_s'])}",
     ]
-    if record["val_acc1"] is None and record["val_acc5"] is None:
-        parts.append("val not evaluated")
-    else:
-        parts.append(f"val acc1 {_num(record['val_acc1'], '.2f', '%')} acc5 {_num(record['val_acc5'], '.2f', '%')}")
-    if record["ema_acc1"] is not None:
-        parts.append(f"ema acc1 {_num(record['ema_acc1'], '.2f', '%')}")
-    wait = record["data_wait_frac"]
-    parts.append(f"{_num(record['imgs_per_sec'], '.1f')} img/s")
-    parts.append(f"data wait {_num(None if wait is None else 100.0 * wait, '.1f', '%')}")
-    parts.append(f"epoch {format_hms(record['epoch_time_s'])}")
-    if record["peak_mem_gb"] is not None:
-        parts.append(f"mem {_num(record['peak_mem_gb'], '.2f', ' GiB')}")
-    parts.append(f"rss {_num(record['peak_host_rss_gb'], '.2f', ' GiB')}")
-    if record["bad_images"]:
-        parts.append(f"bad images {record['bad_images']}")
-    parts.append(f"step {record['global_step']}")
-    parts.append(f"ETA {format_hms(record['eta_s'])}")
-    return " | ".join(parts)
+    return " | ".join(part for part in parts if part is not None)
 
 
 # --------------------------------------------------------------------------- the sink
