@@ -163,9 +163,7 @@ def device_name(device: torch.device) -> str:
     return torch.get_device_module(device.type).get_device_name(device.index)
 
 
-# ------------------------------------------------------------------------------------------------------------
-# RNG state of the accelerator (the CPU generator is saved by utils.get_rng_state)
-# ------------------------------------------------------------------------------------------------------------
+# ------------------------ RNG state of the accelerator (the CPU's: utils.get_rng_state)
 def get_rng_state() -> tuple[str, torch.Tensor] | None:
     """(device type, generator state of the current device) when an accelerator is in use, else None."""
     kind = accelerator_type()
@@ -182,9 +180,7 @@ def set_rng_state(kind: str, state: torch.Tensor) -> None:
         torch.get_device_module(kind).set_rng_state(state)
 
 
-# ------------------------------------------------------------------------------------------------------------
-# Memory, names and versions
-# ------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------- Memory, names and versions
 def peak_memory_gb(device: torch.device) -> float | None:
     """Peak memory held by tensors on the device since the last `reset_peak_memory` (GiB); None on the CPU.
     The context and the allocator's spare blocks are not counted, so nvidia-smi shows more."""
@@ -232,9 +228,7 @@ def environment_info(device: torch.device) -> dict:
     }
 
 
-# ------------------------------------------------------------------------------------------------------------
-# Board power (NVIDIA only, through NVML)
-# ------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------- Board power (NVIDIA only, through NVML)
 def _nvml_handle(pynvml, device_index: int):
     """NVML handle for a CUDA device index.
 

@@ -58,9 +58,7 @@ def bad_image(path: str, reason: str) -> BadImageError:
     return BadImageError(f"bad image {path}: {reason} (use --bad-images skip to skip such files)", path, reason)
 
 
-# ---------------------------------------------------------------------------------------
-# Layout checks and the file list
-# ---------------------------------------------------------------------------------------
+# ------------------------------------------------------ Layout checks and the file list
 
 
 class FileList(collections.abc.Sequence):
@@ -321,9 +319,7 @@ def _write_cache(cache_file, files, classes, dir_mtimes):
         print(f"warning: cannot write file list cache {cache_file}: {err.strerror or err}", file=sys.stderr)
 
 
-# ---------------------------------------------------------------------------------------
-# Decoding
-# ---------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------- Decoding
 
 
 def _one_line(text, limit=160):
@@ -435,9 +431,7 @@ def decode_pil(data: bytes, path: str = "<bytes>") -> Image.Image:
             raise bad_image(path, _decode_failure_reason(err, data)) from None
 
 
-# ---------------------------------------------------------------------------------------
-# Dataset
-# ---------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------ Dataset
 
 
 def read_file(path: str) -> bytes:
@@ -510,9 +504,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                         f"(last: {last.path}: {last.reason}); check the data with --verify-data")
 
 
-# ---------------------------------------------------------------------------------------
-# Verification command
-# ---------------------------------------------------------------------------------------
+# ----------------------------------------------------------------- Verification command
 
 
 def _verify_file(path):

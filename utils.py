@@ -19,9 +19,7 @@ import accelerator
 import metrics
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Distributed
-# ----------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------- Distributed
 @dataclass
 class DistInfo:
     """Who this process is, and its two process groups: `device_group` for device tensors (DDP, SyncBatchNorm), on
@@ -200,9 +198,7 @@ def cleanup_distributed(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Seeds and RNG state
-# ----------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------ Seeds and RNG state
 def seed_everything(seed: int, rank: int) -> None:
     """Seed python, numpy and torch; each rank gets its own stream (rank offset) for batch-level randomness
     such as MixUp/CutMix. Per-sample augmentation is seeded by the sampler instead (see sampler.py)."""
@@ -245,9 +241,7 @@ def set_rng_state(state: dict) -> None:
             accelerator.set_rng_state(kind, device_state)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Metrics helpers
-# ----------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------- Metrics helpers
 def accuracy_counts(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> list[torch.Tensor]:
     """Number of correct predictions at each k, as device tensors (no sync). Soft targets (MixUp/CutMix)
     count their arg-max class."""
@@ -300,9 +294,7 @@ class StepLogger:
         self.last, self.last_steps = now, done
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Optimizer parameter groups and the LR schedule
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------- Optimizer parameter groups and the LR schedule
 NORM_CLASSES = (
     torch.nn.modules.batchnorm._BatchNorm,
     torch.nn.LayerNorm,
