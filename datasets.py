@@ -225,20 +225,13 @@ def _check_same_classes(split_dirs, classes_by_split):
 
 
 def list_splits(data_path: str, splits=("train", "val"), cache_files=None) -> tuple[list[str], dict[str, FileList]]:
-    """Check that ``data_path`` has the ImageNet folder layout and list every split in ONE pass over its folders
-    (each listed once, the listing both checks the folder and fills the file list); return (classes,
-    {split: FileList}). Labels index ``classes``, the sorted class folder names, the same in every split.
+    """Check that ``data_path`` has the ImageNet folder layout and list every split in ONE pass over its folders;
+    return (classes, {split: FileList}), labels indexing the sorted class folder names (the same in every split).
+    Raises DataError naming the path at fault: missing or misnamed folders, class sets that differ between splits,
+    an empty class folder, a file with an unknown extension.
 
-    Raises DataError naming the path at fault: missing or misnamed folders, class sets that differ between
-    splits, an empty class folder, a file with an unknown extension.
-
-    ``cache_files`` maps a split to a JSON file (--cache-dataset): listing 1.3 M files on a network filesystem
-    can take minutes, reading the cache takes under a second. A cache written here (after the checks passed) for
-    this split folder by this version is fresh while the mtime of every folder it lists is the recorded one:
-    adding, removing or renaming a file or a class folder changes it, editing a file in place does not (the list
-    would not change). A fresh cache is trusted without listing the split; otherwise the split is scanned and the
-    cache (re)written. Where timestamps are coarser than the time between a scan and a change (seconds on some
-    network mounts), delete the cache file after changing the data.
+    ``cache_files`` maps a split to its --cache-dataset file (below): listing 1.3 M files on a network filesystem
+    can take minutes; a fresh cache is read in under a second, and the split is not listed at all.
     """
     splits = tuple(splits)
     cache_files = cache_files or {}
@@ -270,8 +263,11 @@ def list_splits(data_path: str, splits=("train", "val"), cache_files=None) -> tu
 #    "classes": [...], "counts": [files per class, in label order],
 #    "dirs": {folder relative to split_dir ("." for itself): mtime_ns},
 #    "names": the relative paths joined by NUL characters, in label then path order}
-# One string instead of 1.28 M small JSON values loads in a fraction of the time.
-# Version 1 (a list of [path, label] pairs) is not read: such a file is rebuilt.
+# One string instead of 1.28 M small JSON values loads in a fraction of the time. The cache is fresh while every
+# folder it lists has the recorded mtime: adding, removing or renaming a file or a class folder changes it, editing
+# a file in place does not (the list would not change). Where timestamps are coarser than the time between a scan
+# and a change (seconds on some network mounts), delete the cache after changing the data. Version 1 (a list of
+# [path, label] pairs) is not read: such a file is rebuilt.
 
 
 def _read_fresh_cache(cache_file, split_dir):

@@ -6,6 +6,8 @@ training, resize + center crop for evaluation, both ending in a normalized float
 selects ``torchvision.transforms.v2``.
 """
 
+import importlib
+
 import torch
 from torchvision.transforms import InterpolationMode
 
@@ -16,11 +18,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _transforms_module(use_v2: bool):
-    if use_v2:
-        import torchvision.transforms.v2 as transforms
-    else:
-        import torchvision.transforms as transforms
-    return transforms
+    return importlib.import_module("torchvision.transforms.v2" if use_v2 else "torchvision.transforms")
 
 
 def check_interpolation(interpolation, choices=None, *, by: str = "") -> InterpolationMode:
