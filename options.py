@@ -94,7 +94,8 @@ def add_data_args(g):
                    help="pil or tensor (torchvision's presets), or fast (uint8 pipeline)")
     g.add_argument("--use-v2", action="store_true", help="use torchvision.transforms.v2 in the pil/tensor presets")
     g.add_argument("--decode-device", default="cpu", choices=["cpu", "cuda"],
-                   help="cuda: workers only read bytes; JPEGs are decoded on the GPU in batches (nvJPEG)")
+                   help="cuda: workers only read bytes; each batch's crop regions are decoded on the GPU (nvJPEG "
+                        "via nvImageCodec) in a background thread")
     g.add_argument("--roi-decode", default="auto", choices=jpeg_roi.MODES,
                    help="fast backend: decode only each training crop's region of the JPEG (nvImageCodec); auto "
                         "falls back to whole-image decoding when it is not installed, on fails")
