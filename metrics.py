@@ -287,7 +287,7 @@ class MetricsSink:
     """
 
     def __init__(self, output_dir: str | None, *, is_main: bool, tensorboard: bool = False):
-        self.output_dir, self.is_main, self.tensorboard = output_dir, is_main, tensorboard
+        self.output_dir, self.is_main = output_dir, is_main
         self.records: list[dict] = []
         self._writer = self._writer_cls = None
         self._started = False

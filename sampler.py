@@ -46,7 +46,7 @@ class DistributedTrainSampler(torch.utils.data.Sampler):
     def __init__(self, num_samples: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
                  seed: int = 0, drop_last: bool = True, batch_size: int = 1):
         self.num_samples, self.num_replicas, self.rank = num_samples, num_replicas, rank
-        self.shuffle, self.seed, self.drop_last, self.batch_size = shuffle, seed, drop_last, batch_size
+        self.shuffle, self.seed, self.batch_size = shuffle, seed, batch_size
         self.epoch = self.start_offset = 0
         if drop_last:
             self.per_rank = (num_samples // (num_replicas * batch_size)) * batch_size
