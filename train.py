@@ -103,9 +103,7 @@ def build_optimizer(model: nn.Module, *, opt: str, lr: float, momentum: float, w
     if opt == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay, eps=0.0316, alpha=0.9,
                                    **({"foreach": True} if fast else {}))
-    if opt == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **fast)
-    raise ConfigError(f"--opt {opt!r} is not supported; choose sgd, sgd_nesterov, rmsprop, adamw or lars")
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **fast)  # adamw: the parser's last choice
 
 
 def build_lr_schedule(args, iters_per_epoch: int) -> utils.LRSchedule:
@@ -393,15 +391,13 @@ def train_epochs(args, run: Run, train_step, criterion, val_loader, progress, ma
 def evaluate_model_and_ema(model, model_ema, criterion, val_loader, device, *, autocast, dist_info, log,
                            flip_tta=False):
     """(model's validation stats, EMA model's or None), each logged as a Test: line."""
-    val_stats = evaluate(model, criterion, val_loader, device, autocast=autocast, dist_info=dist_info,
-                         flip_tta=flip_tta)
-    log(f"Test: Acc@1 {val_stats['acc1']:.3f} Acc@5 {val_stats['acc5']:.3f}")
-    if model_ema is None:
-        return val_stats, None
-    ema_stats = evaluate(model_ema.module, criterion, val_loader, device, autocast=autocast, dist_info=dist_info,
-                         flip_tta=flip_tta)
-    log(f"Test: EMA Acc@1 {ema_stats['acc1']:.3f} Acc@5 {ema_stats['acc5']:.3f}")
-    return val_stats, ema_stats
+    results = [None, None]
+    for i, (label, net) in enumerate((("", model), ("EMA ", model_ema.module if model_ema is not None else None))):
+        if net is not None:
+            results[i] = evaluate(net, criterion, val_loader, device, autocast=autocast, dist_info=dist_info,
+                                  flip_tta=flip_tta)
+            log(f"Test: {label}Acc@1 {results[i]['acc1']:.3f} Acc@5 {results[i]['acc5']:.3f}")
+    return tuple(results)
 
 
 def check_weights_in_sync(model: nn.Module, dist_info: utils.DistInfo, log) -> None:
@@ -584,10 +580,7 @@ def evaluate(model, criterion, data_loader, device, *, autocast, dist_info, flip
     """Loss and top-1/top-5 over the validation set; `flip_tta` scores the mean logits of each image and its
     mirror (FFCV's test-time augmentation)."""
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct1 = torch.zeros((), dtype=torch.int64, device=device)
-    correct5 = torch.zeros((), dtype=torch.int64, device=device)
-    count = 0
+    sums, count = torch.zeros(3, dtype=torch.float64, device=device), 0  # loss sum, top-1 and top-5 counts
     with torch.inference_mode():
         for images, target, _ in data_loader:
             with autocast():
@@ -596,15 +589,11 @@ def evaluate(model, criterion, data_loader, device, *, autocast, dist_info, flip
                     output = (output + model(images.flip(-1))) / 2
                 loss = criterion(output, target)
             c1, c5 = utils.accuracy_counts(output, target, topk=(1, 5))
-            loss_sum += loss.double() * images.shape[0]
-            correct1 += c1
-            correct5 += c5
+            sums += torch.stack([loss.double() * images.shape[0], c1.double(), c5.double()])
             count += images.shape[0]
-    total_loss, total1, total5, total = utils.dist_sum(
-        [loss_sum.item(), correct1.item(), correct5.item(), count], dist_info)
-    total = int(total)
-    n = max(1, total)
-    return {"loss": total_loss / n, "acc1": total1 * 100.0 / n, "acc5": total5 * 100.0 / n, "count": total}
+    total_loss, total1, total5, total = utils.dist_sum([*sums.tolist(), count], dist_info)
+    n = max(1, int(total))
+    return {"loss": total_loss / n, "acc1": total1 * 100.0 / n, "acc5": total5 * 100.0 / n, "count": int(total)}
 
 
 # ------------------------------------------------------------------------------------------------------------
