@@ -18,9 +18,6 @@ verdict stands. Its error makes the file a bad image, reported by index for the 
 zeros again mean a black image, kept as the CPU pipeline keeps it.
 """
 
-import importlib
-import os
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -42,12 +39,10 @@ def _decode_params(nvimgcodec, planar):
 def _open_decoder(device):
     """(nvimgcodec module, its batch decoder for ``device``): every backend nvImageCodec has on a GPU (nvJPEG's
     hardware, CUDA and hybrid decoders, then its own CPU fallback), the libjpeg-turbo backend on the CPU."""
-    os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "0")  # no log line per declined file (see jpeg_roi)
     try:
-        nvimgcodec = importlib.import_module("nvidia.nvimgcodec")
-    except (ImportError, OSError) as e:  # OSError: a wheel for another platform, or a damaged install
-        raise RuntimeError(f"--decode-device decodes with nvImageCodec, which cannot be imported ({e}); "
-                           f"{jpeg_roi.INSTALL_HINT}") from None
+        nvimgcodec = jpeg_roi.import_nvimgcodec()
+    except jpeg_roi.RoiUnavailable as e:
+        raise jpeg_roi.RoiUnavailable(f"--decode-device cuda: {e}") from None
     if device.type == "cpu":
         # device_id CPU_ONLY: otherwise the decoder asks the CUDA runtime for a device and fails without a driver.
         return nvimgcodec, nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY,

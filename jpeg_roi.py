@@ -31,11 +31,22 @@ MODES = ("auto", "on", "off")
 DECODER = "nvimgcodec"
 INSTALL_HINT = ("pip install -r requirements.txt installs it with the nvJPEG wheels (nvidia-nvimgcodec-cu13; "
                 "Linux x86_64 and aarch64)")
-_VERBOSITY_VARIABLE = "PYNVIMGCODEC_VERBOSITY"
 
 
 class RoiUnavailable(RuntimeError):
-    """The region decoder cannot be used here; the message says why and what to install."""
+    """nvImageCodec cannot be used here; the message says why and what to install."""
+
+
+def import_nvimgcodec():
+    """The nvidia.nvimgcodec module, imported quietly (see the module docstring), for this decoder and
+    device_decode's; RoiUnavailable when it is missing or cannot load."""
+    os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "0")  # read once, when the library loads
+    try:
+        return importlib.import_module("nvidia.nvimgcodec")
+    except ImportError as e:
+        raise RoiUnavailable(f"nvImageCodec is not installed ({e}); {INSTALL_HINT}") from None
+    except OSError as e:  # a wheel for another platform or a damaged install: its shared library fails to load
+        raise RoiUnavailable(f"nvImageCodec cannot be loaded ({e}); reinstall it: {INSTALL_HINT}") from None
 
 
 class JpegDecoder:
@@ -47,13 +58,7 @@ class JpegDecoder:
     """
 
     def __init__(self):
-        os.environ.setdefault(_VERBOSITY_VARIABLE, "0")  # read once, when the library loads (module docstring)
-        try:
-            self._nvimgcodec = nvimgcodec = importlib.import_module("nvidia.nvimgcodec")
-        except ImportError as e:
-            raise RoiUnavailable(f"nvImageCodec is not installed ({e}); {INSTALL_HINT}") from None
-        except OSError as e:  # a wheel for another platform or a damaged install: its shared library fails to load
-            raise RoiUnavailable(f"nvImageCodec cannot be loaded ({e}); reinstall it: {INSTALL_HINT}") from None
+        self._nvimgcodec = nvimgcodec = import_nvimgcodec()
         try:
             # device_id CPU_ONLY: without it the decoder asks the CUDA runtime for a device and fails on a
             # machine without a GPU driver, even with the CPU backend alone.
