@@ -164,7 +164,7 @@ def build_transforms(cfg: DataConfig, train: bool, roi_library: str | None = Non
     interp = presets.InterpolationMode(cfg.interpolation)
     if cfg.decode_on_device:
         if train:
-            return _WithPath(transforms.EncodedTrainTransform(crop_size=cfg.train_crop_size))
+            return _WithPath(transforms.EncodedTrainTransform())
         return _WithPath(transforms.EncodedEvalTransform())
     if cfg.backend in ("pil", "tensor"):
         if train:

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import accelerator
+import datasets
 import jpeg_roi
-import presets
 
 INTERPOLATIONS = ("bilinear", "bicubic")
 
@@ -56,33 +56,7 @@ _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _STANDALONE_MARKERS = frozenset([0x01, 0xD8, *range(0xD0, 0xD8)])
 
 
-# ---------------------------------------------------------------------------------------
-# Argument checks
-# ---------------------------------------------------------------------------------------
-
-
-def _check_size(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"transforms: {name} must be a positive int, got {value!r}")
-    return value
-
-
-def _check_range(name, value):
-    lo, hi = (float(v) for v in value)
-    if not 0 < lo <= hi:
-        raise ValueError(f"transforms: {name} must be (low, high) with 0 < low <= high, got {value!r}")
-    return (lo, hi)
-
-
-def _check_prob(name, value):
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"transforms: {name} must be within [0, 1], got {value!r}")
-    return float(value)
-
-
-# ---------------------------------------------------------------------------------------
-# Crop parameters
-# ---------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------- Crop parameters
 
 
 def sample_crop_params(height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -94,8 +68,6 @@ def sample_crop_params(height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     ``RandomResizedCrop.get_params``, so a seeded sample gets the very crop the reference
     pipeline would take: the fast and the reference backends stay comparable image by image.
     """
-    if height < 1 or width < 1:
-        raise ValueError(f"transforms: cannot crop an image of size {width}x{height}")
     area = height * width
     log_lo, log_hi = _log_ratio_bounds(tuple(ratio))
     for _ in range(10):
@@ -134,9 +106,14 @@ def _central_crop(height, width, ratio):
 def _draw_flip(hflip_prob):
     """One torch.rand draw like RandomHorizontalFlip; none when flipping is disabled, as
     the reference preset then has no flip transform at all."""
-    if hflip_prob <= 0:
-        return False
-    return bool(torch.rand(1).item() < hflip_prob)
+    return hflip_prob > 0 and bool(torch.rand(1).item() < hflip_prob)
+
+
+def check_eval_sizes(crop_size, resize_size):
+    """The centre crop must fit in the resized image (torchvision's CenterCrop would pad it with black)."""
+    if crop_size > resize_size:
+        raise ValueError(f"crop_size {crop_size} is larger than resize_size {resize_size} (--val-crop-size, "
+                         "--val-resize-size); use a resize size at least as large as the crop")
 
 
 def eval_resize_shape(height, width, resize_size):
@@ -146,7 +123,7 @@ def eval_resize_shape(height, width, resize_size):
     return int(resize_size * height / width), resize_size
 
 
-def _center_offsets(height, width, crop_size):
+def center_offsets(height, width, crop_size):
     """Top-left corner of CenterCrop(crop_size), rounded as torchvision rounds it."""
     return int(round((height - crop_size) / 2.0)), int(round((width - crop_size) / 2.0))
 
@@ -154,15 +131,10 @@ def _center_offsets(height, width, crop_size):
 def _dct_scale(short_side, target):
     """Largest libjpeg scale 1/s (s in 8, 4, 2) that keeps ``short_side / s`` at least
     DCT_REDUCING_GAP times ``target``; 1 when none does."""
-    for s in _DCT_SCALES:
-        if short_side >= s * target * DCT_REDUCING_GAP:
-            return s
-    return 1
+    return next((s for s in _DCT_SCALES if short_side >= s * target * DCT_REDUCING_GAP), 1)
 
 
-# ---------------------------------------------------------------------------------------
-# Decoding
-# ---------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------- Decoding
 
 
 def read_jpeg_header(data):
@@ -202,19 +174,6 @@ def read_jpeg_header(data):
     return None
 
 
-def _datasets():
-    # Imported on use: datasets may import this module, and the error types live there.
-    import datasets
-
-    return datasets
-
-
-def _bytes_tensor(data):
-    """The file's bytes as a 1-D uint8 tensor. A writable copy: torch warns about
-    read-only buffers, and copying 40 KB takes microseconds."""
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-
-
 def _hwc_to_chw(array):
     """HWC uint8 array -> CHW tensor view (channels-last strides, which torch's uint8
     resampler reads fastest)."""
@@ -223,23 +182,25 @@ def _hwc_to_chw(array):
 
 def _decode_pil_tensor(data, path):
     """Any format PIL reads -> RGB uint8 CHW tensor; BadImageError if it cannot be decoded."""
-    image = _datasets().decode_pil(data, path)
+    image = datasets.decode_pil(data, path)
     return _hwc_to_chw(np.array(image, dtype=np.uint8, copy=True))
 
 
-def _decode_jpeg_full(data, path):
-    """Full-size decode of a colour or grayscale JPEG: an RGB uint8 CHW tensor (channels-last strides).
+def _full_jpeg(data, path, height, width):
+    """Full-size decode of a colour or grayscale JPEG whose header announced ``height`` x ``width``.
 
-    nvImageCodec's libjpeg-turbo decoder (jpeg_roi.full_decoder) where it is installed: as fast as
-    torchvision's decode_jpeg, deprecated on the CPU since torchvision 0.29, and bit-identical to
-    Pillow's decode. When it is missing or declines the file, PIL decodes it instead: either it can,
-    or decode_pil raises BadImageError with a clear reason.
+    nvImageCodec's libjpeg-turbo decoder (jpeg_roi.full_decoder) where it is installed: as fast as torchvision's
+    decode_jpeg, deprecated on the CPU since torchvision 0.29, and bit-identical to Pillow's decode. When it is
+    missing or declines the file, PIL decodes it, or decode_pil raises BadImageError with a clear reason.
     """
     decoder = jpeg_roi.full_decoder()
     array = None if decoder is None else decoder.decode_full(data)
-    if array is not None:
-        return _hwc_to_chw(array)
-    return _decode_pil_tensor(data, path)
+    image = _decode_pil_tensor(data, path) if array is None else _hwc_to_chw(array)
+    if tuple(image.shape[1:]) != (height, width):
+        raise datasets.bad_image(
+            path, f"decoded size {image.shape[2]}x{image.shape[1]} does not match the header's {width}x{height}"
+        )
+    return image
 
 
 def _load_reduced_jpeg(data, scale):
@@ -287,41 +248,19 @@ def roi_decode_crop(data, box):
     return jpeg_roi.open_decoder().decode(data, left, top, w, h)
 
 
-def _roi_crop_resize(data, box, size, interpolation):
-    """The crop ``box`` resized to size x size from a region decode, equal to crop-then-resize of
-    a full decode; None when the region decoder declines."""
-    region = roi_decode_crop(data, box)
-    if region is None:
-        return None
-    return resize_uint8(_hwc_to_chw(region), (size, size), interpolation)
-
-
-def _open_for_crop(data, path):
-    """(height, width, decoded): colour and grayscale JPEGs get only their header read (decoded
-    is None, so the caller can pick a region or reduced-size decode); anything else is decoded
-    by PIL here."""
+def _open_for_crop(data, path, components=(1, 3)):
+    """(height, width, decoded): JPEGs with these numbers of components get only their header read (decoded is
+    None, so the caller can pick a region or reduced-size decode); anything else is decoded by PIL here
+    (CMYK/YCCK JPEGs and other formats: PIL handles every colour model; they are rare)."""
     header = read_jpeg_header(data)
-    if header is not None and header[2] in (1, 3):
-        _datasets().check_pixel_limit(header[1], header[0], path)
+    if header is not None and header[2] in components:
+        datasets.check_pixel_limit(header[1], header[0], path)
         return header[0], header[1], None
-    # CMYK/YCCK JPEGs and other formats: PIL handles every colour model; they are rare.
     image = _decode_pil_tensor(data, path)
     return image.shape[1], image.shape[2], image
 
 
-def _full_jpeg(data, path, height, width):
-    """Full-size decode of a colour JPEG whose header announced ``height`` x ``width``."""
-    image = _decode_jpeg_full(data, path)
-    if tuple(image.shape[1:]) != (height, width):
-        raise _datasets().bad_image(
-            path, f"decoded size {image.shape[2]}x{image.shape[1]} does not match the header's {width}x{height}"
-        )
-    return image
-
-
-# ---------------------------------------------------------------------------------------
-# Resizing
-# ---------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------- Resizing
 
 
 def resize_uint8(image, size, interpolation="bilinear", *, via_float=None):
@@ -343,23 +282,7 @@ def resize_uint8(image, size, interpolation="bilinear", *, via_float=None):
     return out if batched else out[0]
 
 
-def _crop_resize(image, top, left, h, w, size, interpolation):
-    """Crop (a view, no copy) and resize to size x size in one resampling pass."""
-    region = image[:, top : top + h, left : left + w]
-    return resize_uint8(region, (size, size), interpolation)
-
-
-def _resize_center_crop(image, resize_size, crop_size, interpolation):
-    """Resize the shorter side to ``resize_size``, then take the central crop_size square."""
-    new_h, new_w = eval_resize_shape(image.shape[-2], image.shape[-1], resize_size)
-    resized = resize_uint8(image, (new_h, new_w), interpolation)
-    top, left = _center_offsets(new_h, new_w, crop_size)
-    return resized[:, top : top + crop_size, left : left + crop_size].contiguous()
-
-
-# ---------------------------------------------------------------------------------------
-# CPU transforms ("--backend fast")
-# ---------------------------------------------------------------------------------------
+# ---------------------------------------------------- CPU transforms ("--backend fast")
 
 
 class FastTrainTransform:
@@ -374,11 +297,8 @@ class FastTrainTransform:
 
     def __init__(self, *, crop_size, interpolation="bilinear", hflip_prob=0.5, scale=(0.08, 1.0),
                  ratio=(3 / 4, 4 / 3), roi_library=None):
-        self.crop_size = _check_size("crop_size", crop_size)
-        self.interpolation = presets.check_interpolation(interpolation, INTERPOLATIONS, by="the fast pipeline").value
-        self.hflip_prob = _check_prob("hflip_prob", hflip_prob)
-        self.scale = _check_range("scale", scale)
-        self.ratio = _check_range("ratio", ratio)
+        self.crop_size, self.interpolation, self.hflip_prob = crop_size, interpolation, hflip_prob
+        self.scale, self.ratio = scale, ratio
         # The region decoder's name (jpeg_roi.prepare), or None to decode whole images. A name, not a
         # handle: the transform is pickled into the DataLoader workers, which open their own decoder.
         self.roi_library = roi_library
@@ -387,28 +307,22 @@ class FastTrainTransform:
         height, width, image = _open_for_crop(data, path)
         top, left, h, w = sample_crop_params(height, width, self.scale, self.ratio)
         flip = _draw_flip(self.hflip_prob)
-        size = self.crop_size
-        scale = _dct_scale(min(h, w), size) if image is None else 1
-        out = None
-        if image is None and scale == 1 and self.roi_library is not None:
-            out = _roi_crop_resize(data, (top, left, h, w), size, self.interpolation)
-        if out is None:
-            reduced = _load_reduced_jpeg(data, scale) if image is None else None
-            if reduced is not None:
-                array = _resize_reduced(*reduced, (left, top, left + w, top + h), (size, size), self.interpolation)
-                out = _hwc_to_chw(array)
+        size, out = (self.crop_size, self.crop_size), None
+        if image is None:  # a JPEG: the crop's region, or the whole image at reduced scale, or in full
+            scale = _dct_scale(min(h, w), self.crop_size)
+            region = roi_decode_crop(data, (top, left, h, w)) if scale == 1 and self.roi_library is not None else None
+            reduced = _load_reduced_jpeg(data, scale) if region is None else None
+            if region is not None:
+                image, top, left = _hwc_to_chw(region), 0, 0
+            elif reduced is not None:
+                out = _hwc_to_chw(_resize_reduced(*reduced, (left, top, left + w, top + h), size, self.interpolation))
             else:
-                if image is None:
-                    image = _full_jpeg(data, path, height, width)
-                out = _crop_resize(image, top, left, h, w, size, self.interpolation)
+                image = _full_jpeg(data, path, height, width)
+        if out is None:  # the crop is a view: cropped and resized in one resampling pass
+            out = resize_uint8(image[:, top : top + h, left : left + w], size, self.interpolation)
         if flip:
             out = out.flip(-1)  # keeps the input's strides: channels-last for the PIL path
         return out.contiguous()
-
-    def __repr__(self):
-        return (f"{type(self).__name__}(crop_size={self.crop_size}, interpolation={self.interpolation!r}, "
-                f"hflip_prob={self.hflip_prob}, scale={self.scale}, ratio={self.ratio}, "
-                f"roi_decode={self.roi_library is not None})")
 
 
 class FastEvalTransform:
@@ -419,64 +333,43 @@ class FastEvalTransform:
     """
 
     def __init__(self, *, crop_size, resize_size, interpolation="bilinear"):
-        self.crop_size = _check_size("crop_size", crop_size)
-        self.resize_size = _check_size("resize_size", resize_size)
-        self.interpolation = presets.check_interpolation(interpolation, INTERPOLATIONS, by="the fast pipeline").value
-        if crop_size > resize_size:
-            raise ValueError(
-                f"transforms: crop_size {crop_size} is larger than resize_size {resize_size}; "
-                "use a resize size at least as large as the crop"
-            )
+        check_eval_sizes(crop_size, resize_size)
+        self.crop_size, self.resize_size, self.interpolation = crop_size, resize_size, interpolation
 
     def __call__(self, data, path):
         height, width, image = _open_for_crop(data, path)
+        new_h, new_w = eval_resize_shape(height, width, self.resize_size)
         reduced = _load_reduced_jpeg(data, _dct_scale(min(height, width), self.resize_size)) if image is None else None
-        if reduced is None:
+        if reduced is not None:
+            resized = _hwc_to_chw(_resize_reduced(*reduced, (0, 0, width, height), (new_h, new_w), self.interpolation))
+        else:
             if image is None:
                 image = _full_jpeg(data, path, height, width)
-            return _resize_center_crop(image, self.resize_size, self.crop_size, self.interpolation)
-        new_h, new_w = eval_resize_shape(height, width, self.resize_size)
-        array = _resize_reduced(*reduced, (0, 0, width, height), (new_h, new_w), self.interpolation)
-        top, left = _center_offsets(new_h, new_w, self.crop_size)
-        return _hwc_to_chw(array[top : top + self.crop_size, left : left + self.crop_size]).contiguous()
-
-    def __repr__(self):
-        return (f"{type(self).__name__}(crop_size={self.crop_size}, resize_size={self.resize_size}, "
-                f"interpolation={self.interpolation!r})")
+            resized = resize_uint8(image, (new_h, new_w), self.interpolation)
+        top, left = center_offsets(new_h, new_w, self.crop_size)
+        return resized[:, top : top + self.crop_size, left : left + self.crop_size].contiguous()
 
 
-# ---------------------------------------------------------------------------------------
-# Device decoding ("--decode-device cuda")
-# ---------------------------------------------------------------------------------------
+# --------------------------------------------- Device decoding ("--decode-device cuda")
 
 
 def _encoded_payload(data, path):
-    """(payload, height, width): the raw bytes for colour JPEGs (decoded later on the
-    device), else the image decoded here with PIL (grayscale/CMYK JPEGs, PNG, ...), which
+    """(payload, height, width): a colour JPEG's bytes (decoded later on the device; a writable copy, as torch
+    warns about read-only buffers), else the image decoded here by PIL (grayscale/CMYK JPEGs, PNG, ...), which
     the device decoders may not handle and which are rare enough not to matter."""
-    header = read_jpeg_header(data)
-    if header is not None and header[2] == 3:
-        _datasets().check_pixel_limit(header[1], header[0], path)
-        return _bytes_tensor(data), header[0], header[1]
-    image = _decode_pil_tensor(data, path).contiguous()
-    return image, image.shape[1], image.shape[2]
+    height, width, image = _open_for_crop(data, path, components=(3,))
+    payload = torch.frombuffer(bytearray(data), dtype=torch.uint8) if image is None else image.contiguous()
+    return payload, height, width
 
 
 class EncodedTrainTransform:
-    """Worker side of device decoding: read the size from the JPEG header, draw the crop
-    and flip, ship the undecoded bytes. The worker does microseconds of work per image."""
-
-    def __init__(self, *, crop_size, hflip_prob=0.5, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
-        self.crop_size = _check_size("crop_size", crop_size)
-        self.hflip_prob = _check_prob("hflip_prob", hflip_prob)
-        self.scale = _check_range("scale", scale)
-        self.ratio = _check_range("ratio", ratio)
+    """Worker side of device decoding: read the size from the JPEG header, draw the crop and flip as
+    FastTrainTransform does, ship the undecoded bytes. The worker does microseconds of work per image."""
 
     def __call__(self, data, path):
         payload, height, width = _encoded_payload(data, path)
-        top, left, h, w = sample_crop_params(height, width, self.scale, self.ratio)
-        flip = _draw_flip(self.hflip_prob)
-        return {"data": payload, "params": torch.tensor([top, left, h, w, int(flip)], dtype=torch.int64)}
+        top, left, h, w = sample_crop_params(height, width)
+        return {"data": payload, "params": torch.tensor([top, left, h, w, int(_draw_flip(0.5))], dtype=torch.int64)}
 
 
 class EncodedEvalTransform:
@@ -488,9 +381,7 @@ class EncodedEvalTransform:
         return {"data": payload, "params": torch.full((5,), -1, dtype=torch.int64)}
 
 
-# ---------------------------------------------------------------------------------------
-# On-device batch steps
-# ---------------------------------------------------------------------------------------
+# ---------------------------------------------------------------- On-device batch steps
 
 
 def normalize_batch(batch, mean, std, *, dtype=torch.float32, channels_last=False):
@@ -503,14 +394,7 @@ def normalize_batch(batch, mean, std, *, dtype=torch.float32, channels_last=Fals
     under --amp) differs from the float32 result only by its final rounding.
     """
     if batch.dtype != torch.uint8 or batch.dim() != 4:
-        raise ValueError(
-            f"transforms: normalize_batch expects a uint8 NCHW batch, got {batch.dtype} of shape {tuple(batch.shape)}"
-        )
-    channels = batch.shape[1]
-    if len(mean) != channels or len(std) != channels:
-        raise ValueError(
-            f"transforms: mean/std have {len(mean)}/{len(std)} values for a batch of {channels} channels"
-        )
+        raise ValueError(f"normalize_batch expects a uint8 NCHW batch, got {batch.dtype} of shape {tuple(batch.shape)}")
     work = torch.float64 if dtype == torch.float64 else torch.float32
     scale = _per_channel([1.0 / (255.0 * float(s)) for s in std], batch.device, work)
     shift = _per_channel([-float(m) / float(s) for m, s in zip(mean, std)], batch.device, work)
@@ -540,16 +424,10 @@ def _scale_shift_into(out, batch, scale, shift, *, one_pass):
     if one_pass:
         torch.addcmul(shift, batch, scale, out=out)
         return
-    direct = out.dtype == scale.dtype
-    work = None
+    work = None if out.dtype == scale.dtype else torch.empty(batch.shape[1:], dtype=scale.dtype)
     for image, result in zip(batch, out):
-        if direct:
-            work = result
-        elif work is None:
-            work = torch.empty(image.shape, dtype=scale.dtype)
-        work.copy_(image)
-        work.mul_(scale[0]).add_(shift[0])
-        if not direct:
+        (result if work is None else work).copy_(image).mul_(scale[0]).add_(shift[0])
+        if work is not None:
             result.copy_(work)
 
 
@@ -563,9 +441,8 @@ class _MixUpCutMix:
     def __call__(self, images, targets):
         if targets.dim() == 1:
             targets = F.one_hot(targets.long(), self.num_classes).to(images.dtype)
-        choices = [m for m, a in (("mixup", self.mixup_alpha), ("cutmix", self.cutmix_alpha)) if a > 0]
-        method = choices[int(torch.randint(len(choices), (1,)).item())]
-        alpha = self.mixup_alpha if method == "mixup" else self.cutmix_alpha
+        enabled = [(m, a) for m, a in (("mixup", self.mixup_alpha), ("cutmix", self.cutmix_alpha)) if a > 0]
+        method, alpha = enabled[int(torch.randint(len(enabled), (1,)).item())]
         lam = float(torch.distributions.Beta(alpha, alpha).sample())
         rolled_images, rolled_targets = images.roll(1, 0), targets.roll(1, 0)
         if method == "mixup":
@@ -573,9 +450,6 @@ class _MixUpCutMix:
         else:
             images, lam = _paste_box(images, rolled_images, lam)
         return images, targets * lam + rolled_targets * (1.0 - lam)
-
-    def __repr__(self):
-        return f"MixUpCutMix(mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha})"
 
 
 def _paste_box(images, rolled, lam):
@@ -599,18 +473,12 @@ def get_mixup_cutmix(*, mixup_alpha, cutmix_alpha, num_classes, use_v2=False):
     ``use_v2`` uses torchvision.transforms.v2.MixUp/CutMix; the default is a small torch-only
     version that works on any device and dtype.
     """
-    if mixup_alpha < 0 or cutmix_alpha < 0:
-        raise ValueError(f"transforms: --mixup-alpha/--cutmix-alpha must be >= 0, got {mixup_alpha}/{cutmix_alpha}")
     if mixup_alpha == 0 and cutmix_alpha == 0:
         return None
-    _check_size("num_classes", num_classes)
     if not use_v2:
         return _MixUpCutMix(float(mixup_alpha), float(cutmix_alpha), num_classes)
     from torchvision.transforms import v2
 
-    chosen = []
-    if mixup_alpha > 0:
-        chosen.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
-    if cutmix_alpha > 0:
-        chosen.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+    chosen = [make(alpha=alpha, num_classes=num_classes)
+              for make, alpha in ((v2.MixUp, mixup_alpha), (v2.CutMix, cutmix_alpha)) if alpha > 0]
     return chosen[0] if len(chosen) == 1 else v2.RandomChoice(chosen)

@@ -239,7 +239,7 @@ def without_nvimgcodec(monkeypatch):
 def test_missing_nvimgcodec_falls_back_or_fails_by_mode(without_nvimgcodec):
     data = jpeg_bytes(37, 45, seed=4, subsampling=2)
     assert jpeg_roi.full_decoder() is None  # whole images are decoded by Pillow then
-    np.testing.assert_array_equal(transforms._decode_jpeg_full(data, "x.jpg").permute(1, 2, 0).numpy(),
+    np.testing.assert_array_equal(transforms._full_jpeg(data, "x.jpg", 37, 45).permute(1, 2, 0).numpy(),
                                   pillow_decode(data))
     library, note = jpeg_roi.prepare("auto")
     assert library is None
