@@ -25,7 +25,6 @@ import torch.nn.functional as F
 import accelerator
 import datasets
 import jpeg_roi
-import presets
 import transforms
 
 
@@ -61,12 +60,9 @@ class DeviceDecoder:
     (progressive resizing)."""
 
     def __init__(self, *, crop_size, device, resize_size=None, interpolation="bilinear"):
-        if resize_size is not None and crop_size > resize_size:
-            raise ValueError(f"device_decode: crop_size {crop_size} is larger than resize_size {resize_size}; "
-                             "use a resize size at least as large as the crop")
-        self.crop_size, self.resize_size = crop_size, resize_size
-        self.interpolation = presets.check_interpolation(interpolation, transforms.INTERPOLATIONS,
-                                                         by="the device decoder").value
+        if resize_size is not None:
+            transforms.check_eval_sizes(crop_size, resize_size)
+        self.crop_size, self.resize_size, self.interpolation = crop_size, resize_size, interpolation
         self.device = torch.device(device)
         self._nvimgcodec, self._decoder = _open_decoder(self.device)
         # Off the CPU there is no uint8 antialiased resampler, so images are resampled in float32, which reads
@@ -176,7 +172,7 @@ class DeviceDecoder:
                 raise ValueError("device_decode: an evaluation item (params -1) needs a DeviceDecoder built with "
                                  "resize_size, as for the validation loader")
             new_h, new_w = transforms.eval_resize_shape(image.shape[1], image.shape[2], self.resize_size)
-            top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))  # CenterCrop's rounding
+            top, left = transforms.center_offsets(new_h, new_w, size)
             return self._resample(image, (new_h, new_w))[..., top : top + size, left : left + size]
         if tuple(image.shape[1:]) != (h, w):  # a whole image: cut the crop out
             if top + h > image.shape[1] or left + w > image.shape[2]:
