@@ -161,7 +161,6 @@ def build_transforms(cfg: DataConfig, train: bool, roi_library: str | None = Non
     if train and len(sizes) > 1 and not cfg.decode_on_device:  # device decode crops on the device (DeviceLoader)
         return ResolutionSwitch({size: build_transforms(dataclasses.replace(cfg, train_crop_size=size, train_sizes=()),
                                                         True, roi_library) for size in sizes})
-    interp = presets.InterpolationMode(cfg.interpolation)
     if cfg.decode_on_device:
         if train:
             return _WithPath(transforms.EncodedTrainTransform())
@@ -169,13 +168,13 @@ def build_transforms(cfg: DataConfig, train: bool, roi_library: str | None = Non
     if cfg.backend in ("pil", "tensor"):
         if train:
             preset = presets.ClassificationPresetTrain(
-                crop_size=cfg.train_crop_size, interpolation=interp, auto_augment_policy=cfg.auto_augment,
+                crop_size=cfg.train_crop_size, interpolation=cfg.interpolation, auto_augment_policy=cfg.auto_augment,
                 ra_magnitude=cfg.ra_magnitude, augmix_severity=cfg.augmix_severity,
                 random_erase_prob=cfg.random_erase, backend=cfg.backend, use_v2=cfg.use_v2,
             )
         else:
             preset = presets.ClassificationPresetEval(
-                crop_size=cfg.val_crop_size, resize_size=cfg.val_resize_size, interpolation=interp,
+                crop_size=cfg.val_crop_size, resize_size=cfg.val_resize_size, interpolation=cfg.interpolation,
                 backend=cfg.backend, use_v2=cfg.use_v2,
             )
         return _PresetOnBytes(preset)

@@ -21,19 +21,6 @@ def _transforms_module(use_v2: bool):
     return importlib.import_module("torchvision.transforms.v2" if use_v2 else "torchvision.transforms")
 
 
-def check_interpolation(interpolation, choices=None, *, by: str = "") -> InterpolationMode:
-    """The InterpolationMode for a mode or its name (e.g. ``--interpolation bicubic``), for the presets and the
-    fast pipeline. ``choices`` (mode names) narrows what is accepted and ``by`` names who narrows it; the error
-    lists what would be accepted."""
-    allowed = [mode.value for mode in InterpolationMode] if choices is None else list(choices)
-    name = interpolation.value if isinstance(interpolation, InterpolationMode) else str(interpolation).lower()
-    if name not in allowed:
-        where = f" by {by}" if by else ""
-        raise ValueError(f"--interpolation {interpolation!r} is not supported{where}; "
-                         f"choose one of {', '.join(allowed)}")
-    return InterpolationMode(name)
-
-
 def _auto_augment(transforms, policy: str, interpolation, ra_magnitude: int, augmix_severity: int):
     if policy == "ra":
         return transforms.RandAugment(interpolation=interpolation, magnitude=ra_magnitude)
@@ -72,7 +59,7 @@ class ClassificationPresetTrain(_Preset):
     def __init__(self, *, crop_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                  interpolation=InterpolationMode.BILINEAR, hflip_prob=0.5, auto_augment_policy=None,
                  ra_magnitude=9, augmix_severity=3, random_erase_prob=0.0, backend="pil", use_v2=False):
-        interpolation = check_interpolation(interpolation)
+        interpolation = InterpolationMode(interpolation)  # a mode or its name, as --interpolation gives it
         transforms = _transforms_module(use_v2)
         # antialias=True so PIL and tensor backends downscale alike.
         ops = [transforms.RandomResizedCrop(crop_size, interpolation=interpolation, antialias=True)]
@@ -90,7 +77,7 @@ class ClassificationPresetEval(_Preset):
 
     def __init__(self, *, crop_size, resize_size=256, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                  interpolation=InterpolationMode.BILINEAR, backend="pil", use_v2=False):
-        interpolation = check_interpolation(interpolation)
+        interpolation = InterpolationMode(interpolation)
         transforms = _transforms_module(use_v2)
         ops = [transforms.Resize(resize_size, interpolation=interpolation, antialias=True),
                transforms.CenterCrop(crop_size)]
