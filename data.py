@@ -57,7 +57,6 @@ class DataConfig:
     roi_decode: str = "auto"  # --roi-decode: decode only each training crop's region (jpeg_roi.py), fast backend
     bad_images: str = "error"
     cache_dataset: bool = False
-    prefetch_factor: int = 2
     pin_memory: bool = False  # page-locked host batches: only copies to an accelerator gain from them
     endless: bool = False  # benchmarks: the train loader runs epoch after epoch in one pass (sampler.EndlessSampler)
     train_sizes: tuple = ()  # progressive resizing: every training crop size the run uses (Loaders.set_train_size)
@@ -147,49 +146,41 @@ def stop_workers(timeout: float = 5.0) -> None:
 
 
 def collate_encoded(batch):
-    items = [b[0] for b in batch]
-    targets = torch.tensor([b[1] for b in batch], dtype=torch.int64)
-    n_bad = torch.tensor([b[2] for b in batch], dtype=torch.int64)
-    return items, targets, n_bad
+    """--decode-device: the encoded items stay a list (their sizes differ); targets and counts become tensors."""
+    items, targets, n_bad = zip(*batch)
+    return list(items), torch.tensor(targets, dtype=torch.int64), torch.tensor(n_bad, dtype=torch.int64)
 
 
 def build_transforms(cfg: DataConfig, train: bool, roi_library: str | None = None):
-    """The per-sample transform for a split, for the chosen backend (one if/elif, a ValueError otherwise).
-    ``roi_library`` names the region decoder (see resolve_roi_decode) for the fast training transform.
+    """The per-sample transform for a split, for the backend (--backend's choices are checked by the command line).
+    ``roi_library`` names the region decoder (jpeg_roi.prepare) for the fast training transform.
     With several training sizes (progressive resizing) it is a ResolutionSwitch over one transform per size."""
     sizes = sorted(set(cfg.train_sizes))
     if train and len(sizes) > 1 and not cfg.decode_on_device:  # device decode crops on the device (DeviceLoader)
         return ResolutionSwitch({size: build_transforms(dataclasses.replace(cfg, train_crop_size=size, train_sizes=()),
                                                         True, roi_library) for size in sizes})
     if cfg.decode_on_device:
-        if train:
-            return _WithPath(transforms.EncodedTrainTransform())
-        return _WithPath(transforms.EncodedEvalTransform())
-    if cfg.backend in ("pil", "tensor"):
-        if train:
-            preset = presets.ClassificationPresetTrain(
-                crop_size=cfg.train_crop_size, interpolation=cfg.interpolation, auto_augment_policy=cfg.auto_augment,
-                ra_magnitude=cfg.ra_magnitude, augmix_severity=cfg.augmix_severity,
-                random_erase_prob=cfg.random_erase, backend=cfg.backend, use_v2=cfg.use_v2,
-            )
-        else:
-            preset = presets.ClassificationPresetEval(
-                crop_size=cfg.val_crop_size, resize_size=cfg.val_resize_size, interpolation=cfg.interpolation,
-                backend=cfg.backend, use_v2=cfg.use_v2,
-            )
-        return _PresetOnBytes(preset)
+        return _WithPath(transforms.EncodedTrainTransform() if train else transforms.EncodedEvalTransform())
+    if cfg.backend == "fast" and train:
+        return transforms.FastTrainTransform(crop_size=cfg.train_crop_size, interpolation=cfg.interpolation,
+                                             roi_library=roi_library)
     if cfg.backend == "fast":
-        if train:
-            return transforms.FastTrainTransform(crop_size=cfg.train_crop_size, interpolation=cfg.interpolation,
-                                                 roi_library=roi_library)
-        return transforms.FastEvalTransform(
-            crop_size=cfg.val_crop_size, resize_size=cfg.val_resize_size, interpolation=cfg.interpolation
-        )
-    raise ValueError(f"--backend {cfg.backend!r} is not supported; choose one of {', '.join(BACKENDS)}")
+        return transforms.FastEvalTransform(crop_size=cfg.val_crop_size, resize_size=cfg.val_resize_size,
+                                            interpolation=cfg.interpolation)
+    if train:
+        return _PresetOnBytes(presets.ClassificationPresetTrain(
+            crop_size=cfg.train_crop_size, interpolation=cfg.interpolation, auto_augment_policy=cfg.auto_augment,
+            ra_magnitude=cfg.ra_magnitude, augmix_severity=cfg.augmix_severity,
+            random_erase_prob=cfg.random_erase, backend=cfg.backend, use_v2=cfg.use_v2,
+        ))
+    return _PresetOnBytes(presets.ClassificationPresetEval(
+        crop_size=cfg.val_crop_size, resize_size=cfg.val_resize_size, interpolation=cfg.interpolation,
+        backend=cfg.backend, use_v2=cfg.use_v2,
+    ))
 
 
 def _cache_file(split_dir: str, enabled: bool) -> str | None:
-    """--cache-dataset: the split's file list, as JSON (format and freshness rules: datasets.build_file_list),
+    """--cache-dataset: the split's file list, as JSON (format and freshness rules: datasets.list_splits),
     kept under ~/.cache, keyed by the split's absolute path."""
     if not enabled:
         return None
@@ -197,15 +188,6 @@ def _cache_file(split_dir: str, enabled: bool) -> str | None:
     folder = os.path.join(os.path.expanduser("~"), ".cache", "resnet50-imagenet", "filelists")
     os.makedirs(folder, exist_ok=True)
     return os.path.join(folder, f"{key}-{os.path.basename(os.path.normpath(split_dir))}.json")
-
-
-def resolve_roi_decode(cfg: DataConfig) -> tuple[str | None, str | None]:
-    """(region decoder's name or None, log line or None). Only the fast backend's CPU training transform
-    crops from a decode; the decoder is checked here, in the main process, before any worker starts, so that
-    ``--roi-decode on`` stops with one line and ``auto`` says once why it decodes whole images."""
-    if cfg.backend != "fast" or cfg.decode_on_device:
-        return None, None
-    return jpeg_roi.prepare(cfg.roi_decode)
 
 
 def build_datasets(cfg: DataConfig, need_train: bool, roi_library: str | None = None):
@@ -225,17 +207,14 @@ def build_datasets(cfg: DataConfig, need_train: bool, roi_library: str | None = 
 
 def build_data_loaders(cfg: DataConfig, *, rank: int, world_size: int, need_train: bool = True) -> Loaders:
     """Datasets, samplers and DataLoaders for training and evaluation."""
-    roi_library, decode_note = resolve_roi_decode(cfg) if need_train else (None, None)
+    roi_library = decode_note = None
+    if need_train and cfg.backend == "fast" and not cfg.decode_on_device:
+        # Only the fast CPU training transform crops from a decode. Its decoder is checked here, before any worker
+        # starts: --roi-decode on stops with one line, auto says once why it decodes whole images.
+        roi_library, decode_note = jpeg_roi.prepare(cfg.roi_decode)
     splits, classes = build_datasets(cfg, need_train, roi_library)
-    encoded = cfg.decode_on_device
-    common = dict(
-        num_workers=cfg.workers,
-        pin_memory=cfg.pin_memory,
-        worker_init_fn=_ignore_preemption_signals,
-        collate_fn=collate_encoded if encoded else None,
-    )
-    if cfg.workers > 0:
-        common.update(persistent_workers=True, prefetch_factor=cfg.prefetch_factor)
+    common = dict(num_workers=cfg.workers, pin_memory=cfg.pin_memory, worker_init_fn=_ignore_preemption_signals,
+                  collate_fn=collate_encoded if cfg.decode_on_device else None, persistent_workers=cfg.workers > 0)
 
     train_loader = train_sampler = None
     if need_train:
@@ -259,7 +238,8 @@ def build_data_loaders(cfg: DataConfig, *, rank: int, world_size: int, need_trai
     val_sampler = samplers.ExactEvalSampler(len(splits["val"]), num_replicas=world_size, rank=rank)
     val_loader = DataLoader(splits["val"], batch_size=cfg.batch_size, sampler=val_sampler, drop_last=False,
                             generator=torch.Generator().manual_seed(cfg.seed), **common)
-    return Loaders(train_loader, val_loader, train_sampler, classes, roi_decode=roi_library is not None, decode_note=decode_note)
+    return Loaders(train_loader, val_loader, train_sampler, classes, roi_decode=roi_library is not None,
+                   decode_note=decode_note)
 
 
 # Ends the decode thread's input (a DataLoader never yields it).
@@ -280,13 +260,12 @@ class DeviceLoader:
     that runs the dataset, whose per-sample seeding swaps the process's global RNG state, which another thread
     must not do while training draws from it (MixUp, CutMix) or a checkpoint saves it."""
 
+    prefetch = 2  # batches prepared ahead of the one the training thread holds
+
     def __init__(self, loader: DataLoader, device: torch.device, *, channels_last: bool, bad_images: str,
-                 decoder: "device_decode.DeviceDecoder | None" = None, dtype: torch.dtype = torch.float32,
-                 prefetch: int = 2):
-        if prefetch < 1:
-            raise ValueError(f"DeviceLoader prefetch must be at least 1 batch, got {prefetch}")
+                 decoder: "device_decode.DeviceDecoder | None" = None, dtype: torch.dtype = torch.float32):
         self.loader, self.device, self.channels_last = loader, device, channels_last
-        self.bad_images, self.decoder, self.dtype, self.prefetch = bad_images, decoder, dtype, prefetch
+        self.bad_images, self.decoder, self.dtype = bad_images, decoder, dtype
         self.stream = accelerator.new_stream(device)
         self._reported: set[str] = set()
 
