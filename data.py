@@ -113,18 +113,6 @@ class _PresetOnBytes:
         return self.preset(datasets.decode_pil(data, path))
 
 
-class _WithPath:
-    """Keeps the file path next to an encoded sample so a device-side decode failure can name the file."""
-
-    def __init__(self, transform):
-        self.transform = transform
-
-    def __call__(self, data: bytes, path: str):
-        item = self.transform(data, path)
-        item["path"] = path
-        return item
-
-
 def _ignore_preemption_signals(_worker_id: int) -> None:
     """DataLoader workers leave SIGTERM/SIGUSR1 to the main process, which saves a checkpoint before exiting."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -160,7 +148,7 @@ def build_transforms(cfg: DataConfig, train: bool, roi_library: str | None = Non
         return ResolutionSwitch({size: build_transforms(dataclasses.replace(cfg, train_crop_size=size, train_sizes=()),
                                                         True, roi_library) for size in sizes})
     if cfg.decode_on_device:
-        return _WithPath(transforms.EncodedTrainTransform() if train else transforms.EncodedEvalTransform())
+        return transforms.EncodedTrainTransform() if train else transforms.EncodedEvalTransform()
     if cfg.backend == "fast" and train:
         return transforms.FastTrainTransform(crop_size=cfg.train_crop_size, interpolation=cfg.interpolation,
                                              roi_library=roi_library)
@@ -339,7 +327,7 @@ class DeviceLoader:
     def _prepare(self, batch):
         images, targets, n_bad = batch
         if self.decoder is not None:
-            paths = [it.get("path", "?") for it in images]
+            paths = [it["path"] for it in images]
             images, bad = self.decoder(images)
             if bad:
                 images, targets, replaced = self._apply_bad_policy(images, targets, bad, paths)

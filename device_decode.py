@@ -155,7 +155,7 @@ class DeviceDecoder:
         if data.dim() != 1:  # decoded by the worker already: nothing else to try
             return data.to(self.device)
         try:
-            image = datasets.decode_pil(data.numpy().tobytes(), item.get("path", "<bytes>"))
+            image = datasets.decode_pil(data.numpy().tobytes(), item["path"])
         except datasets.BadImageError:
             return None
         return torch.from_numpy(np.array(image)).permute(2, 0, 1).to(self.device)  # a writable copy, as torch wants

@@ -364,21 +364,22 @@ def _encoded_payload(data, path):
 
 class EncodedTrainTransform:
     """Worker side of device decoding: read the size from the JPEG header, draw the crop and flip as
-    FastTrainTransform does, ship the undecoded bytes. The worker does microseconds of work per image."""
+    FastTrainTransform does, ship the undecoded bytes. The worker does microseconds of work per image.
+    The item keeps its path, so that a failure of the device-side decode can name the file."""
 
     def __call__(self, data, path):
         payload, height, width = _encoded_payload(data, path)
-        top, left, h, w = sample_crop_params(height, width)
-        return {"data": payload, "params": torch.tensor([top, left, h, w, int(_draw_flip(0.5))], dtype=torch.int64)}
+        params = [*sample_crop_params(height, width), int(_draw_flip(0.5))]
+        return {"data": payload, "params": torch.tensor(params, dtype=torch.int64), "path": path}
 
 
 class EncodedEvalTransform:
-    """Worker side of device decoding for evaluation: the bytes and params of -1 (meaning
+    """Worker side of device decoding for evaluation: the bytes, the path and params of -1 (meaning
     resize + centre crop, with device_decode.DeviceDecoder's sizes)."""
 
     def __call__(self, data, path):
         payload, _, _ = _encoded_payload(data, path)
-        return {"data": payload, "params": torch.full((5,), -1, dtype=torch.int64)}
+        return {"data": payload, "params": torch.full((5,), -1, dtype=torch.int64), "path": path}
 
 
 # ---------------------------------------------------------------- On-device batch steps

@@ -301,7 +301,7 @@ def test_a_centre_crop_larger_than_the_resized_image_is_refused():
 def test_encoded_train_transform_ships_bytes_and_params():
     data = jpeg_bytes(48, 64, seed=0)
     item = seeded(lambda: transforms.EncodedTrainTransform()(data, "a.jpg"), 11)
-    assert item["data"].dtype == torch.uint8 and item["data"].dim() == 1
+    assert item["data"].dtype == torch.uint8 and item["data"].dim() == 1 and item["path"] == "a.jpg"
     assert bytes(item["data"].numpy()) == data
     torch.manual_seed(11)
     crop = transforms.sample_crop_params(48, 64)
