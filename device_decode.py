@@ -181,8 +181,8 @@ class DeviceDecoder:
         return self._resample(image, (size, size))
 
     def _resample(self, image, shape):
-        """Antialiased resampling as transforms.resize_uint8 does it: uint8 on the CPU; in float32 elsewhere, left
-        unrounded so that the whole batch is rounded at once."""
+        """Antialiased resampling as transforms.resize_uint8 does it, in uint8 on the CPU; in float32 elsewhere (no
+        uint8 kernel there), left unrounded so that the whole batch is rounded at once."""
         x = image.unsqueeze(0)
         if self._gpu_layout:
             x = x.float()

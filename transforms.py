@@ -263,23 +263,10 @@ def _open_for_crop(data, path, components=(1, 3)):
 # ----------------------------------------------------------------------------- Resizing
 
 
-def resize_uint8(image, size, interpolation="bilinear", *, via_float=None):
-    """Antialiased resize of a uint8 (N)CHW tensor to ``size`` (h, w), returning uint8.
-
-    On the CPU torch resamples uint8 directly (a fixed-point path close to PIL's). Other
-    devices have no uint8 antialiased kernel, so there (or with ``via_float=True``, which
-    tests use to exercise that path on the CPU) it resamples in float32 and rounds.
-    """
-    batched = image.dim() == 4
-    x = image if batched else image.unsqueeze(0)
-    if via_float is None:
-        via_float = x.device.type != "cpu"
-    if via_float:
-        out = F.interpolate(x.float(), size=size, mode=interpolation, antialias=True, align_corners=False)
-        out = out.round_().clamp_(0, 255).to(torch.uint8)
-    else:
-        out = F.interpolate(x, size=size, mode=interpolation, antialias=True, align_corners=False)
-    return out if batched else out[0]
+def resize_uint8(image, size, interpolation="bilinear"):
+    """Antialiased resize of a uint8 CHW tensor on the CPU to ``size`` (h, w), in uint8: torch's fixed-point path,
+    close to PIL's. (Devices have no uint8 antialiased kernel: device_decode resamples in float32 there.)"""
+    return F.interpolate(image.unsqueeze(0), size=size, mode=interpolation, antialias=True, align_corners=False)[0]
 
 
 # ---------------------------------------------------- CPU transforms ("--backend fast")

@@ -319,12 +319,13 @@ def test_encoded_transform_decodes_non_jpeg_on_the_worker():
     assert gray["data"].shape == (3, 40, 50)
 
 
-def test_resize_via_float_matches_uint8_path():
-    """The float path is what non-CPU devices use; it must agree with the uint8 one."""
+def test_resize_in_float_matches_the_uint8_path():
+    """Resampling in float32 and rounding is what devices do (device_decode); it must agree with the uint8 path."""
     image = torch.from_numpy(photo_array(50, 70, 4)).permute(2, 0, 1)
     for mode in transforms.INTERPOLATIONS:
         a = transforms.resize_uint8(image, (32, 24), mode)
-        b = transforms.resize_uint8(image, (32, 24), mode, via_float=True)
+        b = torch.nn.functional.interpolate(image[None].float(), size=(32, 24), mode=mode, antialias=True)
+        b = b.round().clamp(0, 255).to(torch.uint8)[0]
         assert a.dtype == b.dtype == torch.uint8 and a.shape == (3, 32, 24)
         assert_close_uint8(a, b, 0.5, 1, 2)
 
