@@ -43,10 +43,7 @@ def _open_decoder(device):
     except jpeg_roi.RoiUnavailable as e:
         raise jpeg_roi.RoiUnavailable(f"--decode-device cuda: {e}") from None
     if device.type == "cpu":
-        # device_id CPU_ONLY: otherwise the decoder asks the CUDA runtime for a device and fails without a driver.
-        return nvimgcodec, nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY,
-                                              max_num_cpu_threads=torch.get_num_threads(),
-                                              backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)])
+        return nvimgcodec, jpeg_roi.cpu_decoder(nvimgcodec, threads=torch.get_num_threads())
     index = device.index if device.index is not None else torch.accelerator.current_device_index()
     return nvimgcodec, nvimgcodec.Decoder(device_id=index)
 

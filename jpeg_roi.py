@@ -49,6 +49,13 @@ def import_nvimgcodec():
         raise RoiUnavailable(f"nvImageCodec cannot be loaded ({e}); reinstall it: {INSTALL_HINT}") from None
 
 
+def cpu_decoder(nvimgcodec, threads):
+    """nvImageCodec's libjpeg-turbo backend alone. device_id CPU_ONLY: without it the decoder asks the CUDA runtime
+    for a device and fails on a machine without a GPU driver, even with the CPU backend alone."""
+    return nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=threads,
+                              backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)])
+
+
 class JpegDecoder:
     """nvImageCodec's CPU JPEG decoder: a region of the image, or all of it, as an (h, w, 3) uint8 array, or None.
 
@@ -60,10 +67,7 @@ class JpegDecoder:
     def __init__(self):
         self._nvimgcodec = nvimgcodec = import_nvimgcodec()
         try:
-            # device_id CPU_ONLY: without it the decoder asks the CUDA runtime for a device and fails on a
-            # machine without a GPU driver, even with the CPU backend alone.
-            self._decoder = nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=1,
-                                               backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)])
+            self._decoder = cpu_decoder(nvimgcodec, threads=1)
         except RuntimeError as e:
             raise RoiUnavailable(f"nvImageCodec's CPU decoder cannot be created ({e})") from None
         self._params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB)
