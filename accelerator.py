@@ -98,7 +98,7 @@ def drain_current_stream(device: torch.device) -> None:
     """Block until the current stream of `device` is idle.
 
     Needed before any library call that allocates its output on the current stream but writes it on a private
-    stream (nvJPEG through torchvision.io.decode_jpeg, pytorch/vision#9606): the caching allocator may hand out a
+    stream (nvJPEG through nvImageCodec in device_decode.py, pytorch/vision#9606): the caching allocator may hand out a
     block that kernels queued earlier on the current stream still read or write."""
     stream = current_stream(device)
     if stream is not None:
