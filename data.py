@@ -114,10 +114,9 @@ class _PresetOnBytes:
 
 
 def _ignore_preemption_signals(_worker_id: int) -> None:
-    """DataLoader workers leave SIGTERM/SIGUSR1 to the main process, which saves a checkpoint before exiting."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """DataLoader workers leave SIGTERM/SIGUSR1/SIGINT to the main process, which saves a checkpoint before exiting."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def stop_workers(timeout: float = 5.0) -> None:
