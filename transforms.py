@@ -134,7 +134,7 @@ def _dct_scale(short_side, target):
     return next((s for s in _DCT_SCALES if short_side >= s * target * DCT_REDUCING_GAP), 1)
 
 
-# ----------------------------------------------------------------------------- Decoding
+# ---------------------------------------------------------------- Decoding and resizing
 
 
 def read_jpeg_header(data):
@@ -258,9 +258,6 @@ def _open_for_crop(data, path, components=(1, 3)):
         return header[0], header[1], None
     image = _decode_pil_tensor(data, path)
     return image.shape[1], image.shape[2], image
-
-
-# ----------------------------------------------------------------------------- Resizing
 
 
 def resize_uint8(image, size, interpolation="bilinear"):
