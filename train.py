@@ -131,9 +131,10 @@ def data_config(args, device: torch.device, dist_info: utils.DistInfo, *, endles
     """The input pipeline's settings: the options of the same names, plus what the run decides."""
     same_names = {f.name: getattr(args, f.name) for f in dataclasses.fields(data.DataConfig) if hasattr(args, f.name)}
     workers = args.workers if args.workers is not None else datasets.default_workers(dist_info.local_world_size)
-    return data.DataConfig(**{**same_names, "workers": workers}, decode_on_device=args.decode_device == "cuda",
-                           pin_memory=accelerator.pin_memory(device), endless=endless,
-                           train_sizes=tuple(sorted(set(options.train_sizes(args)))))
+    sizes = options.train_sizes(args)  # with --min-res/--max-res they replace --train-crop-size
+    return data.DataConfig(**{**same_names, "workers": workers, "train_crop_size": sizes[0]},
+                           decode_on_device=args.decode_device == "cuda", pin_memory=accelerator.pin_memory(device),
+                           endless=endless, train_sizes=tuple(sorted(set(sizes))))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -281,3 +281,18 @@ def test_sync_bn_on_cpu_under_torchrun_is_refused_before_starting(monkeypatch):
     args = train.get_args_parser().parse_args(["--data-path", "x", "--device", "cpu", "--sync-bn"])
     with pytest.raises(train.ConfigError, match="--sync-bn needs an accelerator"):
         train.validate_args(args)
+
+
+@pytest.mark.parametrize("backend", ["pil", "fast"])
+def test_progressive_resizing_with_one_size_trains_at_that_size(backend, tmp_path):
+    """--min-res R --max-res R replaces --train-crop-size (224 by default) for every backend."""
+    import data
+
+    folder = make_imagefolder(tmp_path / "data", classes=2, train_per_class=4, val_per_class=1, size=48)
+    args = train.get_args_parser().parse_args(["--data-path", folder, "--backend", backend, "--min-res", "32",
+                                               "--max-res", "32", "--epochs", "2", "-b", "4", "--workers", "0", "--seed", "0"])
+    cfg = train.data_config(args, torch.device("cpu"), utils.DistInfo())
+    loaders = data.build_data_loaders(cfg, rank=0, world_size=1)
+    loaders.set_train_size(32)  # what every epoch of train_epochs does
+    batches = data.make_device_loader(loaders.train, cfg, torch.device("cpu"), train=True, channels_last=False)
+    assert {tuple(images.shape[-2:]) for images, _, _ in batches} == {(32, 32)}
