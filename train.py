@@ -19,6 +19,7 @@ Exit codes: 0 done; 2 bad input or configuration (one line says what); 3 the los
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 
@@ -659,11 +660,7 @@ def cli(argv=None) -> int:
 def last_line(e: Exception) -> str:
     """DataLoader workers re-raise with the whole worker traceback in the message; the cause is its last line."""
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    text = lines[-1] if lines else type(e).__name__
-    for prefix in ("datasets.BadImageError: ", "BadImageError: ", "datasets.DataError: ", "DataError: "):
-        if text.startswith(prefix):
-            text = text[len(prefix):]
-    return text
+    return re.sub(r"^(datasets\.)?(BadImageError|DataError): ", "", lines[-1] if lines else type(e).__name__)
 
 
 if __name__ == "__main__":
