@@ -25,23 +25,9 @@
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-out=${OUT:-$repo/gpu_results}
-python=${PYTHON:-python3}
-device=${DEVICE:-cuda}
-model=${MODEL:-resnet50}
-crop=${CROP:-224}
-batch=${BATCH:-128}
-steps=${STEPS:-20}
-compile=${COMPILE:-1}
-workers=${WORKERS:-8}
-race_batches=${RACE_BATCHES:-12}
-host_steps=${HOST_STEPS:-100}
-image_size=${IMAGE_SIZE:-500}
-item_timeout=${ITEM_TIMEOUT:-240}
-export PYTHONUNBUFFERED=1
-
 source "$repo/benchmarks/_env.sh"
-check_settings gpu_check.sh crop batch steps workers race_batches host_steps image_size item_timeout
+read_settings gpu_check.sh out="$repo/gpu_results" python=python3 device=cuda model=resnet50 crop=224 batch=128 \
+    steps=20 compile=1 workers=8 race_batches=12 host_steps=100 image_size=500 item_timeout=240
 
 # Enough training images for STEPS full batches, one validation batch, 10 classes.
 classes=10

@@ -32,24 +32,10 @@
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-out=${OUT:-$repo/gpu_results}
-python=${PYTHON:-python3}
-device=${DEVICE:-cuda}
-model=${MODEL:-resnet50}
-batch=${BATCH:-256}
-crop=${CROP:-224}
-workers=${WORKERS:-16}
-steps=${STEPS:-200}
-compile=${COMPILE:-1}
-images=${IMAGES:-6000}
-image_size=${IMAGE_SIZE:-500}
-measure_timeout=${MEASURE_TIMEOUT:-300}
-export PYTHONUNBUFFERED=1
-
 source "$repo/benchmarks/_env.sh"
-check_settings gpu_suite.sh batch crop workers steps images image_size measure_timeout
-warmup=${WARMUP:-$((workers * 2 + 8))}
-check_settings gpu_suite.sh warmup
+read_settings gpu_suite.sh out="$repo/gpu_results" python=python3 device=cuda model=resnet50 batch=256 crop=224 \
+    workers=16 steps=200 compile=1 images=6000 image_size=500 measure_timeout=300
+read_settings gpu_suite.sh warmup=$((workers * 2 + 8))
 
 classes=10
 train_per_class=$(((images + classes - 1) / classes))

@@ -101,3 +101,15 @@ def test_a_failed_measurement_is_null_with_the_last_line_it_printed(tmp_path):
         assert summary["reasons"][name].startswith("failed (exit"), summary["reasons"][name]
         assert "no_such_model" in summary["reasons"][name]
         assert "no_such_model" in (tmp_path / "out" / name / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("script", ["gpu_suite.sh", "gpu_check.sh"])
+@pytest.mark.parametrize("setting, message", [({"BATCH": "abc"}, "BATCH=abc must be a whole number"),
+                                              ({"WORKERS": "-1"}, "WORKERS=-1 must be a whole number"),
+                                              ({"DEVICE": "tpu"}, "DEVICE=tpu is not supported; use cuda or cpu")])
+def test_a_bad_setting_is_one_line_naming_it_before_anything_runs(script, setting, message, tmp_path):
+    env = dict(os.environ, **TEST_ENV, OUT=str(tmp_path / "out"), PYTHON=sys.executable, **setting)
+    proc = subprocess.run(["bash", os.path.join(REPO, "benchmarks", script)], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"{script}: error: {message}"
+    assert not (tmp_path / "out").exists()  # refused before any folder or data was made
