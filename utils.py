@@ -435,10 +435,11 @@ def lars_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]
 
 def train_resolution(epoch: int, min_res: int, max_res: int, start_ramp: int, end_ramp: int) -> int:
     """Progressive resizing as FFCV's ImageNet recipes do it: `min_res` up to epoch `start_ramp`, `max_res` from
-    `end_ramp` on, and in between the linear interpolation rounded to a multiple of 32."""
+    `end_ramp` on, and in between the linear interpolation rounded to a multiple of 32, kept within
+    [min_res, max_res]: FFCV's rounding alone would step outside a range narrower than 32 px (16 to 24 gives 32)."""
     if epoch <= start_ramp:
         return min_res
     if epoch >= end_ramp:
         return max_res
     interpolated = min_res + (max_res - min_res) * (epoch - start_ramp) / (end_ramp - start_ramp)
-    return int(round(interpolated / 32)) * 32
+    return min(max(int(round(interpolated / 32)) * 32, min_res), max_res)
