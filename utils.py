@@ -196,7 +196,7 @@ class StopAgreement:
 def cleanup_distributed(info: DistInfo) -> None:
     """Destroy the process groups and drop `info`'s references to them. A gloo group object that outlives its
     destruction until the interpreter shuts down can abort the process there ("terminate called without an active
-    exception", exit -6) after everything succeeded: about one run in six under load when `info` is global."""
+    exception", exit -6) after everything succeeded: about one run in five under load when `info` is global."""
     if info.distributed and dist.is_initialized():
         dist.destroy_process_group()
     info.device_group = info.control_group = None

@@ -86,7 +86,7 @@ def test_resolution_schedule_matches_ffcv_for_its_configurations(epochs, ramp):
     wide = [utils.train_resolution(e, 128, 256, 10, 20) for e in range(30)]
     assert wide == [ffcv_resolution(e, 128, 256, 20, 10) for e in range(30)]
     assert set(wide) == {128, 160, 192, 224, 256}
-    # A range narrower than FFCV's 32 px step stays inside its bounds (rounding alone gives 0 and 32 here).
+    # A range narrower than FFCV's 32 px step stays inside its bounds (rounding alone gives 32 here).
     narrow = [utils.train_resolution(e, 16, 24, 2, 10) for e in range(12)]
     assert min(narrow) == 16 and max(narrow) == 24 and narrow == sorted(narrow)
 
