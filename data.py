@@ -148,10 +148,10 @@ def build_transforms(cfg: DataConfig, train: bool, roi_library: str | None = Non
                                                         True, roi_library) for size in sizes})
     if cfg.decode_on_device:
         return transforms.EncodedTrainTransform() if train else transforms.EncodedEvalTransform()
-    if cfg.backend == "fast" and train:
-        return transforms.FastTrainTransform(crop_size=cfg.train_crop_size, interpolation=cfg.interpolation,
-                                             roi_library=roi_library)
     if cfg.backend == "fast":
+        if train:
+            return transforms.FastTrainTransform(crop_size=cfg.train_crop_size, interpolation=cfg.interpolation,
+                                                 roi_library=roi_library)
         return transforms.FastEvalTransform(crop_size=cfg.val_crop_size, resize_size=cfg.val_resize_size,
                                             interpolation=cfg.interpolation)
     if train:

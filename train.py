@@ -393,13 +393,13 @@ def train_epochs(args, run: Run, train_step, criterion, val_loader, progress, ma
 def evaluate_model_and_ema(model, model_ema, criterion, val_loader, device, *, autocast, dist_info, log,
                            flip_tta=False):
     """(model's validation stats, EMA model's or None), each logged as a Test: line."""
-    results = [None, None]
-    for i, (label, net) in enumerate((("", model), ("EMA ", model_ema.module if model_ema is not None else None))):
-        if net is not None:
-            results[i] = evaluate(net, criterion, val_loader, device, autocast=autocast, dist_info=dist_info,
-                                  flip_tta=flip_tta)
-            log(f"Test: {label}Acc@1 {results[i]['acc1']:.3f} Acc@5 {results[i]['acc5']:.3f}")
-    return tuple(results)
+    def scored(net, label):
+        stats = evaluate(net, criterion, val_loader, device, autocast=autocast, dist_info=dist_info,
+                         flip_tta=flip_tta)
+        log(f"Test: {label}Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f}")
+        return stats
+
+    return scored(model, ""), (scored(model_ema.module, "EMA ") if model_ema is not None else None)
 
 
 def check_weights_in_sync(model: nn.Module, dist_info: utils.DistInfo, log) -> None:
