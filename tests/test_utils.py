@@ -93,11 +93,15 @@ def test_cleanup_leaves_no_process_group_alive(monkeypatch):
                         "MASTER_PORT": str(free_port())}.items():
         monkeypatch.setenv(name, value)
     info = utils.init_distributed(torch.device("cpu"), "gloo", "env://", 1)
-    assert info.distributed and info.control_group is not None
-    groups = [weakref.ref(info.control_group), weakref.ref(info.device_group)]
-    utils.cleanup_distributed(info)
-    assert not torch.distributed.is_initialized()
-    assert [group() for group in groups] == [None, None]
+    try:
+        assert info.distributed and info.control_group is not None
+        groups = [weakref.ref(info.control_group), weakref.ref(info.device_group)]
+        utils.cleanup_distributed(info)
+        assert not torch.distributed.is_initialized()
+        assert [group() for group in groups] == [None, None]
+    finally:  # a failure above must not leave a process group behind for the tests that follow
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def test_rng_state_round_trip_survives_weights_only_save(tmp_path):
