@@ -324,16 +324,15 @@ RECIPE_RUN_OVERRIDES = {
                        "--max-res", "32", "--res-ramp", "1", "3", "--lr", "0.01"],
     # LARS: 2 x 16 images, 4 epochs. MLPerf chooses LARS's lr for its global batch (10.5 at 3,264 images, 17 at
     # 8,192); BatchNorm and bias take plain momentum SGD at that lr, which at a global batch of 32 throws the loss up
-    # (the runs end at 29% and 15%, seed 0); 1 ends at 45% and 48%.
+    # (lars_8cards.sh and lars_16cards.sh ended at 29% and 15%, seed 0); 1 ended at 45% and 48%.
     "lars_8cards.sh": ["--batch-size", "16", "--epochs", "4", "--lr", "1"],
-    "lars_16cards.sh": ["--batch-size", "16", "--epochs", "4", "--lr", "1"],
 }
 RECIPE_MIN_ACC1 = 2 * 100 / RECIPE_DEMO_DATA["classes"]  # twice chance; seeds 0-3 ended at 43-57% (SGD), 39-50% (LARS)
 
 
 @pytest.fixture(scope="module")
 def recipe_demo_data(tmp_path_factory):
-    """The demo's shapes, made once for the three runs by scripts/make_demo_data.py, imported by name as
+    """The demo's shapes, made once for the learning runs by scripts/make_demo_data.py, imported by name as
     tests/test_demo_data.py does (scripts/ is not a package)."""
     scripts = os.path.join(REPO, "scripts")
     if scripts not in sys.path:
@@ -343,8 +342,13 @@ def recipe_demo_data(tmp_path_factory):
     return str(make_demo_data.make_demo_dataset(tmp_path_factory.mktemp("demo") / "shapes", **RECIPE_DEMO_DATA))
 
 
+# lars_16cards.sh trains as lars_8cards.sh does (the same optimizer, schedule and steps; only its numbers differ,
+# and test_recipe_script_command_lines checks those): one LARS run is enough, and the suite stays within its time.
+LEARNING_RUNS = ("fast_8cards.sh", "lars_8cards.sh")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("script", sorted(RECIPE_SCRIPTS))
+@pytest.mark.parametrize("script", LEARNING_RUNS)
 def test_recipe_script_learns(script, recipe_demo_data, tmp_path):
     """Each recipe through its script and torchrun with 2 processes on the CPU, on the demo data, sized for a CPU
     (RECIPE_RUN_ARGS, RECIPE_RUN_OVERRIDES): the run ends at twice chance or better, and the test output says
