@@ -28,7 +28,9 @@
 # compiled measurement), IMAGES (training images generated, default 6000), IMAGE_SIZE (500, their long side),
 # MEASURE_TIMEOUT (300 s per measurement), PYTHON (python3), OUT (default: gpu_results/ in the repository),
 # DATA (where the images are generated; default a /tmp folder named after the settings, reused when complete;
-# a DATA made with other settings is refused).
+# a DATA made with other settings is refused), ONLY (measurement names, separated by spaces or commas: run
+# these alone, e.g. to repeat one; the others are reported as not selected, and no data is generated when
+# only model_* measurements are selected).
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,12 +42,23 @@ read_settings gpu_suite.sh warmup=$((workers * 2 + 8))
 classes=10
 train_per_class=$(((images + classes - 1) / classes))
 data=${DATA:-/tmp/gpu_suite_data/photo_${classes}x${train_per_class}+2_${image_size}}
-mkdir -p "$out" || exit 2
 
 measurements=(model_fp32 model_amp_eager model_amp_compiled data_cpu_decode data_cpu_whole_decode data_gpu_decode
     full_cpu_decode full_gpu_decode dali_data dali_full)
 # Why a measurement cannot run here (empty: it runs).
 declare -A skip=()
+only=${ONLY:-}
+if [[ -n ${only//[ ,]/} ]]; then
+    declare -A selected=()
+    for name in ${only//,/ }; do
+        if [[ " ${measurements[*]} " != *" $name "* ]]; then
+            echo "gpu_suite.sh: error: ONLY=$only: there is no measurement $name; choose from ${measurements[*]}" >&2
+            exit 2
+        fi
+        selected[$name]=1
+    done
+fi
+mkdir -p "$out" || exit 2
 if ! dali_missing=$("$python" -c 'import nvidia.dali' 2>&1); then
     skip[dali_data]="DALI is not installed (${dali_missing##*$'\n'}); pip install nvidia-dali-cuda130 (or -cuda120)"
     skip[dali_full]=${skip[dali_data]}
@@ -64,9 +77,18 @@ fi
 if [[ $compile == 0 ]]; then
     skip[model_amp_compiled]="COMPILE=0"
 fi
+if [[ -n ${only//[ ,]/} ]]; then
+    for name in "${measurements[@]}"; do
+        [[ -n ${selected[$name]:-} ]] || skip[$name]="not selected (ONLY=$only)"
+    done
+fi
 
-if [[ ${#skip[@]} == "${#measurements[@]}" ]]; then
-    echo "== data: not generated, no measurement can run here"
+needs_data=0
+for name in "${measurements[@]}"; do
+    [[ -z ${skip[$name]:-} && $name != model_* ]] && needs_data=1
+done
+if [[ $needs_data == 0 ]]; then
+    echo "== data: not generated, no measurement that reads images runs here"
 else
     echo "== data: $data"
     if ! "$python" "$repo/scripts/make_demo_data.py" "$data" --kind photo --classes "$classes" \

@@ -93,14 +93,32 @@ def test_on_the_cpu_each_measurement_has_its_folder_and_the_summary_reads_their_
 
 @pytest.mark.slow
 def test_a_failed_measurement_is_null_with_the_last_line_it_printed(tmp_path):
-    proc = run_suite(tmp_path, timeout=200, **dict(SMALL, MODEL="no_such_model", IMAGES="20", STEPS="1"))
+    selected = ("model_fp32", "full_cpu_decode")  # ONLY: one without data and one with, not all ten again
+    proc = run_suite(tmp_path, timeout=200, **dict(SMALL, MODEL="no_such_model", IMAGES="20", STEPS="1",
+                                                   ONLY=",".join(selected)))
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    for name in ("model_fp32", "model_amp_eager", "full_cpu_decode"):
+    for name in selected:
         assert summary["imgs_per_sec"][name] is None and summary["measurements"][name]["result"] is None
         assert summary["reasons"][name].startswith("failed (exit"), summary["reasons"][name]
         assert "no_such_model" in summary["reasons"][name]
         assert "no_such_model" in (tmp_path / "out" / name / "log.txt").read_text()
+    for name in set(MODES) - set(selected):
+        assert summary["reasons"][name] == "skipped: not selected (ONLY=model_fp32,full_cpu_decode)", name
+        assert not (tmp_path / "out" / name / "log.txt").exists()
+
+
+def test_only_model_measurements_need_no_data_and_an_unknown_name_is_refused(tmp_path):
+    proc = run_suite(tmp_path, timeout=120, **dict(SMALL, ONLY="model_fp32 no_such_measurement"))
+    assert proc.returncode == 2 and not (tmp_path / "out").exists()
+    assert proc.stderr.strip().startswith("gpu_suite.sh: error: ONLY=model_fp32 no_such_measurement: there is no "
+                                          "measurement no_such_measurement; choose from model_fp32 ")
+    proc = run_suite(tmp_path, timeout=120, **dict(SMALL, MODEL="no_such_model", ONLY="model_fp32"))
+    assert proc.returncode == 0, proc.stderr
+    assert "== data: not generated" in proc.stdout and not (tmp_path / "data").exists()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["reasons"]["model_fp32"].startswith("failed (exit")
+    assert sum(reason.startswith("skipped: not selected") for reason in summary["reasons"].values()) == 9
 
 
 @pytest.mark.parametrize("script", ["gpu_suite.sh", "gpu_check.sh"])
