@@ -268,6 +268,9 @@ def resume_run(args, manager: ckpt_io.CheckpointManager, progress: ckpt_io.RunSt
     """--resume: load the checkpoint into the run's parts (the model alone for --test-only). True if resumed."""
     found = manager.find(args.resume, log) if args.resume else None
     if found is None:
+        if args.test_only and not args.weights:  # scoring the random initialization would pass for a result
+            raise ckpt_io.CheckpointError(f"--test-only --resume auto: no checkpoint in {args.output_dir or '.'} to "
+                                          f"evaluate; check --output-dir, or pass --resume PATH")
         return False
     path, ckpt = found
     if args.test_only:

@@ -44,6 +44,17 @@ def test_two_epochs_loss_falls_checkpoints_load_and_test_only_reproduces(tmp_pat
     assert f"Test: Acc@1 {last_acc1}" in test.stdout
 
 
+def test_test_only_with_resume_auto_and_no_checkpoint_is_an_error_not_a_score(tmp_path):
+    """A mistyped --output-dir must not make the random initialization's Acc@1 pass for the model's."""
+    data = make_imagefolder(tmp_path / "data", classes=2, train_per_class=2, val_per_class=2)
+    empty = tmp_path / "no_run_here"
+    proc = run_train_in_process(["--data-path", data, "--output-dir", empty, "--resume", "auto", "--test-only",
+                                 *FAST_ARGS], check=False)
+    assert proc.returncode == 2 and "Test: Acc@1" not in proc.stdout
+    assert proc.stderr.strip() == (f"error: --test-only --resume auto: no checkpoint in {empty} to evaluate; "
+                                   "check --output-dir, or pass --resume PATH")
+
+
 def test_resume_after_epoch_one_matches_uninterrupted_lr_trace_and_epochs(tmp_path):
     data = make_imagefolder(tmp_path / "data", classes=2, train_per_class=8, val_per_class=2)
     common = ["--data-path", data, "--epochs", "3", "--lr", "0.1", "--lr-warmup-epochs", "1",
