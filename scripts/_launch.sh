@@ -131,7 +131,11 @@ launch_recipe() {
     # Logs from several processes interleave; unbuffered output keeps lines whole and timely.
     export PYTHONUNBUFFERED=${PYTHONUNBUFFERED:-1}
 
+    # torchrun forwards SIGTERM, SIGINT, SIGHUP and SIGQUIT to its workers by default, and dies of SIGUSR1, which
+    # SLURM's --signal sends before a job's time limit: its workers, in their own session, would never hear of it
+    # and be killed without a checkpoint. Listed here, SIGUSR1 reaches train.py, which saves and exits 75.
     exec "$python" -m torch.distributed.run \
+        --signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 \
         --nproc-per-node "$nproc" \
         --nnodes "$nnodes" \
         --node-rank "$node_rank" \

@@ -9,8 +9,10 @@ CPU through one script per way of launching.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -519,6 +521,33 @@ def test_single_process_script_trains(tiny_imagefolder, tmp_path):
     env = _clean_env(NPROC_PER_NODE="1", MASTER_PORT=str(free_port()), MAX_RESTARTS="0")
     output = _finish(_real_run("fp32_1card.sh", tiny_imagefolder, out, env, tmp_path))
     _assert_trained(out, output, "fp32")
+
+
+@pytest.mark.slow
+def test_sigusr1_to_the_launcher_reaches_train_py_which_saves_and_stops(tiny_imagefolder, tmp_path):
+    """SLURM's --signal=USR1 goes to the launched command, torchrun: the launcher has torchrun forward it. (By
+    default torchrun dies of SIGUSR1 and its worker, in its own session, trains on without a checkpoint.)"""
+    out = tmp_path / "out"
+    env = _clean_env(NPROC_PER_NODE="1", MASTER_PORT=str(free_port()), MAX_RESTARTS="0")
+    args = ["bash", str(SCRIPTS / "fp32_1card.sh"), "--data-path", str(tiny_imagefolder), *SMOKE_ARGS,
+            "--epochs", "100", "--output-dir", str(out)]
+    proc = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        seen = []
+        for line in proc.stdout:  # the script execs torchrun: proc.pid is torchrun's
+            seen.append(line)
+            if line.startswith("Epoch: [1]"):
+                proc.send_signal(signal.SIGUSR1)
+                break
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the worker too, had it been left behind
+    output = "".join(seen) + rest
+    assert proc.returncode != -signal.SIGUSR1, output[-3000:]  # torchrun did not die of it
+    assert f"preempted by signal {int(signal.SIGUSR1)}" in output, output[-3000:]
+    assert (out / "checkpoint.pth").is_file()
 
 
 @pytest.mark.slow
