@@ -232,9 +232,7 @@ def validate_args(args) -> None:
     if args.decode_device == "cuda" and not accelerator.is_nvidia(device):
         raise ConfigError("--decode-device cuda decodes with nvJPEG, which NVIDIA GPUs alone have: it needs "
                           "--device cuda on an NVIDIA GPU; use --decode-device cpu")
-    if args.backend == "fast" and args.interpolation not in transforms.INTERPOLATIONS:
-        raise ConfigError(f"--interpolation {args.interpolation} is not supported by --backend fast; choose one of "
-                          f"{', '.join(transforms.INTERPOLATIONS)}")
+    check_uint8_pipeline_options(args)
     if args.roi_decode == "on" and (args.backend != "fast" or args.decode_device == "cuda"):
         raise ConfigError("--roi-decode on needs --backend fast with CPU decoding (--decode-device cpu)")
     launched = utils.read_launcher_env()
@@ -255,6 +253,24 @@ def validate_args(args) -> None:
     if args.resume == "auto" and not args.output_dir:
         raise ConfigError("--resume auto looks in --output-dir; set --output-dir")
     args.lr_note = resolve_lr(args, launched["world_size"] if launched else 1)
+
+
+def check_uint8_pipeline_options(args) -> None:
+    """--backend fast and --decode-device cuda (which ignores --backend) crop, resize and flip only, with bilinear
+    or bicubic resampling: augmentations of the pil/tensor presets must not be accepted and then silently left
+    out of the run (args.json would record them)."""
+    pipeline = ("--decode-device cuda" if args.decode_device == "cuda" else
+                "--backend fast" if args.backend == "fast" else None)
+    if pipeline is None:
+        return
+    if args.interpolation not in transforms.INTERPOLATIONS:
+        raise ConfigError(f"--interpolation {args.interpolation} is not supported by {pipeline}; choose one of "
+                          f"{', '.join(transforms.INTERPOLATIONS)}")
+    augment = ([f"--auto-augment {args.auto_augment}"] if args.auto_augment else []) + (
+        [f"--random-erase {args.random_erase:g}"] if args.random_erase > 0 else [])
+    if augment:
+        raise ConfigError(f"{' and '.join(augment)}: {pipeline} crops, resizes and flips only; use --backend pil "
+                          f"(or tensor) with --decode-device cpu for these augmentations, or drop them")
 
 
 def resolve_lr(args, world_size: int) -> str:

@@ -1,6 +1,7 @@
 """Every option is checked where it is declared: a bad value ends with one line naming the option, exit code 2,
 before any process group, worker or model starts. NaN and infinity are never valid numbers."""
 
+import re
 import subprocess
 
 import pytest
@@ -69,6 +70,26 @@ def test_fast_backend_interpolations_are_checked_with_the_options():
                                                "--interpolation", "nearest"])
     with pytest.raises(train.ConfigError, match="--interpolation nearest is not supported by --backend fast"):
         train.validate_args(args)
+
+
+@pytest.mark.parametrize("pipeline", [["--backend", "fast"], ["--decode-device", "cuda"]])
+def test_augmentations_the_uint8_pipelines_lack_are_refused_not_dropped(pipeline, monkeypatch):
+    """--backend fast and --decode-device cuda (with any --backend) have no auto-augment or random erasing: a run
+    asking for them must stop before training instead of training without them."""
+    monkeypatch.setattr(options.accelerator, "is_nvidia", lambda device: True)  # pass the GPU check on this CPU
+    name = " ".join(pipeline)
+    parse = train.get_args_parser().parse_args
+    base = ["--data-path", "x", "--device", "cpu", "--backend", "pil", *pipeline]
+    for extra, message in [(["--auto-augment", "ta_wide"], f"--auto-augment ta_wide: {name} crops, resizes and "
+                                                           "flips only; use --backend pil"),
+                           (["--random-erase", "0.25", "--auto-augment", "ra"],
+                            f"--auto-augment ra and --random-erase 0.25: {name} crops"),
+                           (["--interpolation", "nearest"], f"--interpolation nearest is not supported by {name}")]:
+        with pytest.raises(train.ConfigError, match=re.escape(message)):
+            train.validate_args(parse([*base, *extra]))
+    train.validate_args(parse([*base, "--interpolation", "bicubic", "--use-v2"]))  # what they do support
+    train.validate_args(parse(["--data-path", "x", "--device", "cpu", "--auto-augment", "ta_wide",
+                               "--random-erase", "0.25"]))  # the pil preset applies both
 
 
 def test_a_user_sees_one_line_and_exit_code_2():
