@@ -168,12 +168,12 @@ def build_transforms(cfg: DataConfig, train: bool, roi_library: str | None = Non
 
 def _cache_file(split_dir: str, enabled: bool) -> str | None:
     """--cache-dataset: the split's file list, as JSON (format and freshness rules: datasets.list_splits),
-    kept under ~/.cache, keyed by the split's absolute path."""
+    kept under ~/.cache, keyed by the split's absolute path. The folder is made when the list is written, where a
+    failure is a warning: a read-only or missing home must not stop training."""
     if not enabled:
         return None
     key = hashlib.sha1(os.path.abspath(split_dir).encode()).hexdigest()[:16]
     folder = os.path.join(os.path.expanduser("~"), ".cache", "resnet50-imagenet", "filelists")
-    os.makedirs(folder, exist_ok=True)
     return os.path.join(folder, f"{key}-{os.path.basename(os.path.normpath(split_dir))}.json")
 
 

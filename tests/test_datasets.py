@@ -542,6 +542,18 @@ def test_cache_dataset_fresh_cache_lists_nothing(tmp_path, monkeypatch):
     assert calls.get(os.path.join(root, "train", "dog")) == 1 and os.path.join(root, "val", "dog") not in calls
 
 
+def test_cache_dataset_with_an_unwritable_home_warns_and_lists(tmp_path, monkeypatch, capsys):
+    root = make_imagenet(tmp_path / "data")
+    home = tmp_path / "home"
+    home.write_text("a file where the home folder should be: nothing can be made under it")
+    monkeypatch.setenv("HOME", str(home))
+    splits, classes = data.build_datasets(data.DataConfig(data_path=root, cache_dataset=True), need_train=True)
+    listed, listed_classes = data.build_datasets(data.DataConfig(data_path=root), need_train=True)
+    assert classes == listed_classes and all(splits[s].samples == listed[s].samples for s in ("train", "val"))
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 2 and all(w.startswith("warning: cannot write file list cache ") for w in warnings)
+
+
 def test_cache_dataset_notices_a_new_class_folder(tmp_path, monkeypatch):
     root = make_imagenet(tmp_path / "data")
     cfg = cache_config(tmp_path, monkeypatch, root)
