@@ -257,12 +257,36 @@ class CheckpointManager:
         utils.barrier(self.dist_info)
 
     def find(self, resume: str, log) -> tuple[str, dict] | None:
-        """--resume PATH, or the newest good checkpoint in the output folder for --resume auto (None if none)."""
+        """--resume PATH, or the newest good checkpoint in the output folder for --resume auto (None if none).
+
+        For --resume auto, rank 0 chooses and every rank loads that very file, checking that it holds the same
+        progress: ranks choosing for themselves would start from different states without a word where they see
+        different files (an --output-dir on each node's own disk, a directory listing cached across a restart). A
+        rank that cannot load it, or finds another state under its name, stops every rank with one line."""
         if resume != "auto":
             return resume, load_checkpoint(resume)
-        found = find_resume_checkpoint(self.output_dir, log=log) if os.path.isdir(self.output_dir or "") else None
-        if found is None:
+        found = None
+        if self.dist_info.is_main and os.path.isdir(self.output_dir or ""):
+            found = find_resume_checkpoint(self.output_dir, log=log)
+        path, progress = utils.all_gather_objects((found[0], _progress(found[1])) if found else (None, None),
+                                                  self.dist_info)[0]
+        if path is None:
             log(f"resume auto: no checkpoint in {self.output_dir}; starting fresh")
+            return None
+        error = None
+        if found is None:  # not rank 0
+            rank, shared = self.dist_info.rank, "--output-dir must be one folder that every node sees"
+            try:
+                found = path, load_checkpoint(path)
+            except CheckpointError as e:
+                error = f"rank {rank} cannot load {path}, which rank 0 resumes from ({e}); {shared}"
+            else:
+                if _progress(found[1]) != progress:
+                    error = (f"rank {rank} sees another {path} than rank 0 (epoch {found[1].get('epoch')} against "
+                             f"{progress[0] - 1}); {shared}")
+        errors = [e for e in utils.all_gather_objects(error, self.dist_info) if e]
+        if errors:
+            raise CheckpointError(errors[0])
         return found
 
     def restore(self, ckpt: dict, *, only: tuple[str, ...] | None = None) -> None:
