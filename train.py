@@ -390,6 +390,12 @@ def train_epochs(args, run: Run, train_step, criterion, val_loader, progress, ma
         if reached:
             log(f"target Acc@1 {args.target_acc} reached at epoch {epoch} after {progress.time_to_target_s:.1f}s")
             return "target_reached"
+        # A signal during evaluation or the save: the checkpoint just written is the place to resume from. Going
+        # on would start the next epoch's loader and save the same state again, while the launcher's kill nears.
+        if epoch + 1 < args.epochs and stop.should_stop_now():
+            log(f"preempted by signal {stop.flag.signum}: checkpoint saved at the end of epoch {epoch}; exiting with "
+                f"code {EXIT_PREEMPTED} (resume with --resume auto)")
+            return "preempted"
     return "finished"
 
 

@@ -174,6 +174,11 @@ class StopAgreement:
         """Check at the first step of an epoch: the time since the last check includes evaluation."""
         self.next_check, self.last = None, None
 
+    def should_stop_now(self) -> bool:
+        """An agreement outside the step loop (at the end of an epoch), where every rank calls it."""
+        self.start_epoch()
+        return self.should_stop(0)
+
     def should_stop(self, step: int) -> bool:
         if not self.info.distributed:
             return self.flag.set

@@ -127,6 +127,35 @@ def test_sigterm_mid_epoch_saves_exits_75_and_resume_is_bitwise_identical(det_da
     assert_same_weights(weights(out), straight)
 
 
+def test_sigterm_during_evaluation_stops_after_that_epochs_checkpoint(det_data, straight, tmp_path, monkeypatch):
+    """A signal that arrives while the model is evaluated ends the run with the end-of-epoch checkpoint: the next
+    epoch does not start, and nothing is saved twice (SIGKILL follows SIGTERM within seconds under torchrun)."""
+    import train
+
+    evaluate, sent = train.evaluate, []
+
+    def evaluate_then_signal(*args, **kwargs):
+        stats = evaluate(*args, **kwargs)
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)  # to this process, whose handler train.py has installed
+        return stats
+
+    monkeypatch.setattr(train, "evaluate", evaluate_then_signal)
+    out = tmp_path / "out"
+    proc = run_train_in_process(det_args(det_data, out), check=False)
+    monkeypatch.undo()
+    assert proc.returncode == 75, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"preempted by signal {int(signal.SIGTERM)}: checkpoint saved at the end of epoch 0" in proc.stdout
+    assert "Epoch: [1]" not in proc.stdout
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert ckpt["epoch"] == 0 and ckpt["step_in_epoch"] == 0
+    assert json.loads((out / "summary.json").read_text())["status"] == "preempted"
+    resumed = run_train_in_process(det_args(det_data, out, "--resume", "auto"))
+    assert "epoch 1, step 0" in resumed.stdout
+    assert_same_weights(weights(out), straight)
+
+
 def test_sigusr1_to_the_whole_process_group_with_workers_saves_and_exits_75(det_data, tmp_path):
     """SLURM signals every process of the job: DataLoader workers must ignore it while the main process saves."""
     out = tmp_path / "out"
