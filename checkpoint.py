@@ -8,6 +8,7 @@ Files in --output-dir:
   checkpoint.pth        the newest state (end of an epoch, or mid-epoch with --checkpoint-interval)
   model_{epoch}.pth     the state at the end of each epoch (the newest --keep-checkpoints of them are kept)
   model_best.pth        the state at the end of the epoch with the best Acc@1 so far
+  *.pth.prev            those of the run before, when a fresh run started in the same folder
 """
 
 import contextlib
@@ -118,6 +119,24 @@ def find_resume_checkpoint(output_dir: str, log=print) -> tuple[str, dict] | Non
             continue  # checkpoint.pth is normally the newest; still compare with the newest epoch file
         break
     return best
+
+
+def set_aside_earlier_run(output_dir: str, log) -> None:
+    """A fresh run in a folder that holds another run's checkpoints renames them to NAME.prev (replacing those of
+    the run before, as metrics.jsonl.prev is): left in place, --keep-checkpoints would delete this run's epoch
+    files in favour of the other run's higher epochs, and --resume auto after a preemption would pick the other
+    run's newest file."""
+    names = sorted(n for n in os.listdir(output_dir) if n in (LATEST, BEST) or EPOCH_RE.match(n))
+    if not names:
+        return
+    for name in os.listdir(output_dir):
+        if name.endswith(".pth.prev"):
+            os.remove(os.path.join(output_dir, name))
+    for name in names:
+        os.replace(os.path.join(output_dir, name), os.path.join(output_dir, name + ".prev"))
+    fileio.fsync_dir(output_dir)
+    log(f"fresh start: the {len(names)} checkpoint file(s) of an earlier run in {output_dir} are renamed to "
+        f"*.pth.prev (to continue that run instead, start with --resume auto)")
 
 
 def check_output_dir(output_dir: str, checkpoint_bytes: int) -> None:

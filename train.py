@@ -299,6 +299,8 @@ def run_training(args, run: Run, log) -> int:
         ckpt_io.check_output_dir(args.output_dir,
                                  ckpt_io.estimate_checkpoint_bytes(run.model, 1, run.model_ema is not None))
     resumed = resume_run(args, manager, progress, log)
+    if writes and not resumed:
+        ckpt_io.set_aside_earlier_run(args.output_dir, log)
     if writes:
         save_args(args, args.output_dir)  # after the resume, which may have taken the checkpoint's seed
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)

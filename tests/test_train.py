@@ -55,6 +55,32 @@ def test_test_only_with_resume_auto_and_no_checkpoint_is_an_error_not_a_score(tm
                                    "check --output-dir, or pass --resume PATH")
 
 
+def test_a_fresh_run_sets_an_earlier_runs_checkpoints_aside(tmp_path):
+    """A new run started without --resume in a folder of a longer earlier run: its epoch files must not be pruned
+    in favour of the earlier run's higher epochs, nor its checkpoint lose to theirs at the next --resume auto."""
+    import checkpoint as ckpt_io
+
+    data = make_imagefolder(tmp_path / "data", classes=2, train_per_class=4, val_per_class=1)
+    out = tmp_path / "out"
+    run_train_in_process(["--data-path", data, "--output-dir", out, "--epochs", "3", "--seed", "1", *FAST_ARGS])
+    fresh = run_train_in_process(["--data-path", data, "--output-dir", out, "--epochs", "1", "--seed", "2",
+                                  "--keep-checkpoints", "2", *FAST_ARGS])
+    assert (f"fresh start: the 5 checkpoint file(s) of an earlier run in {out} are renamed to *.pth.prev"
+            in fresh.stdout)
+    assert sorted(p.name for p in out.glob("*.pth*")) == [
+        "checkpoint.pth", "checkpoint.pth.prev", "model_0.pth", "model_0.pth.prev", "model_1.pth.prev",
+        "model_2.pth.prev", "model_best.pth", "model_best.pth.prev"]
+    assert torch.load(out / "model_0.pth", weights_only=True)["args"]["seed"] == 2  # this run's, kept
+    assert torch.load(out / "model_2.pth.prev", weights_only=True)["args"]["seed"] == 1
+    path, ckpt = ckpt_io.find_resume_checkpoint(str(out), log=print)  # what a requeue with --resume auto takes
+    assert ckpt["args"]["seed"] == 2 and ckpt["epoch"] == 0
+    # The next fresh start keeps one earlier run: this one's files replace the first run's.
+    run_train_in_process(["--data-path", data, "--output-dir", out, "--epochs", "1", "--seed", "3", *FAST_ARGS])
+    assert sorted(p.name for p in out.glob("*.pth.prev")) == ["checkpoint.pth.prev", "model_0.pth.prev",
+                                                          "model_best.pth.prev"]
+    assert torch.load(out / "model_0.pth.prev", weights_only=True)["args"]["seed"] == 2
+
+
 def test_resume_after_epoch_one_matches_uninterrupted_lr_trace_and_epochs(tmp_path):
     data = make_imagefolder(tmp_path / "data", classes=2, train_per_class=8, val_per_class=2)
     common = ["--data-path", data, "--epochs", "3", "--lr", "0.1", "--lr-warmup-epochs", "1",
