@@ -250,9 +250,10 @@ class DeviceLoader:
     prefetch = 2  # batches prepared ahead of the one the training thread holds
 
     def __init__(self, loader: DataLoader, device: torch.device, *, channels_last: bool, bad_images: str,
-                 decoder: "device_decode.DeviceDecoder | None" = None, dtype: torch.dtype = torch.float32):
+                 decoder: "device_decode.DeviceDecoder | None" = None, dtype: torch.dtype = torch.float32,
+                 train: bool = True):
         self.loader, self.device, self.channels_last = loader, device, channels_last
-        self.bad_images, self.decoder, self.dtype = bad_images, decoder, dtype
+        self.bad_images, self.decoder, self.dtype, self.train = bad_images, decoder, dtype, train
         self.stream = accelerator.new_stream(device)
         self._reported: set[str] = set()
 
@@ -344,16 +345,21 @@ class DeviceLoader:
 
     def _apply_bad_policy(self, images, targets, bad, paths):
         """A file the device decoder could not decode: stop naming it (error), or replace it by a good sample
-        of the same batch and count it (skip)."""
+        of the same batch and count it (skip). An evaluation batch without a good sample (a rank's last batch
+        can hold one image) comes out empty, and evaluate() passes over it; a training batch is full, and one
+        made of bad files alone means a broken data set."""
         if self.bad_images == "error":
             raise datasets.bad_image(paths[bad[0]], "cannot be decoded")
         good = [i for i in range(images.shape[0]) if i not in set(bad)]
-        if not good:
-            raise datasets.DataError(f"every image of a batch failed to decode, e.g. {paths[bad[0]]}")
+        if not good and self.train:
+            raise datasets.DataError(f"every image of a training batch failed to decode, e.g. {paths[bad[0]]}")
         for k, i in enumerate(bad):
             if paths[i] not in self._reported:  # each bad path once, as the CPU-side dataset does
                 self._reported.add(paths[i])
                 print(f"skipping bad image {paths[i]}: cannot be decoded", file=sys.stderr, flush=True)
+        if not good:
+            return images[:0], targets[:0], len(bad)
+        for k, i in enumerate(bad):
             src = good[k % len(good)]
             images[i] = images[src]
             targets[i] = targets[src]
@@ -369,4 +375,4 @@ def make_device_loader(loader: DataLoader, cfg: DataConfig, device: torch.device
             resize_size=None if train else cfg.val_resize_size, interpolation=cfg.interpolation,
         )
     return DeviceLoader(loader, device, channels_last=channels_last, bad_images=cfg.bad_images, decoder=decoder,
-                        dtype=dtype)
+                        dtype=dtype, train=train)

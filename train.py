@@ -596,6 +596,8 @@ def evaluate(model, criterion, data_loader, device, *, autocast, dist_info, flip
     sums, count = torch.zeros(3, dtype=torch.float64, device=device), 0  # loss sum, top-1 and top-5 counts
     with torch.inference_mode():
         for images, target, _ in data_loader:
+            if images.shape[0] == 0:  # every image of the batch was bad (--bad-images skip, GPU decode)
+                continue
             with autocast():
                 output = model(images)
                 if flip_tta:

@@ -1,7 +1,9 @@
 """--decode-device: device_decode.DeviceDecoder and DeviceLoader's decode thread, with the CPU as the device (the
 same code; nvImageCodec's CPU backend stands in for nvJPEG, and there are no streams), on real JPEG files."""
 
+import contextlib
 import dataclasses
+import math
 import os
 import signal
 import threading
@@ -187,6 +189,28 @@ def test_corrupt_and_truncated_jpegs_follow_the_bad_image_policy(photos, capsys)
     with pytest.raises(datasets.BadImageError, match=r"img00[01]\.JPEG: cannot be decoded"):
         next(iter(data.make_device_loader(loaders.train, cfg, CPU, train=True, channels_last=False)))
     assert not loader_threads()
+
+
+def test_an_evaluation_batch_of_bad_files_only_is_passed_over_not_fatal(photos, capsys):
+    """With 6 validation images in batches of 5, the last batch holds one image: when it is bad, that batch has
+    no good image to stand in for it. Under --bad-images skip the evaluation goes on without it."""
+    import torchvision
+
+    import utils
+
+    last = os.path.join(photos, "val", "class01", "img002.JPEG")
+    with open(last, "r+b") as f:
+        f.truncate(200)
+    cfg = config(photos, decode_on_device=True, bad_images="skip", batch_size=5)
+    loaders = data.build_data_loaders(cfg, rank=0, world_size=1)
+    val = data.make_device_loader(loaders.val, cfg, CPU, train=False, channels_last=False)
+    batches = [(tuple(images.shape), int(n_bad.sum())) for images, _, n_bad in val]
+    assert batches == [((5, 3, 32, 32), 0), ((0, 3, 32, 32), 1)]
+    assert capsys.readouterr().err.count("skipping bad image") == 1
+    model = torchvision.models.resnet18(num_classes=2)
+    stats = train.evaluate(model, torch.nn.CrossEntropyLoss(), val, CPU, autocast=contextlib.nullcontext,
+                           dist_info=utils.DistInfo())
+    assert stats["count"] == 5 and math.isfinite(stats["loss"])
 
 
 # ---------------------------------------------------------------------------------------
