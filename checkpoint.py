@@ -197,6 +197,7 @@ class RunState:
             "wall_time_s": self.wall_time(),
             "time_to_target_s": self.time_to_target_s,
             "epochs_to_target": self.epochs_to_target,
+            "epoch_times": list(self.epoch_times),  # whole-epoch seconds so far: the ETA after a resume
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -206,6 +207,7 @@ class RunState:
         self.best_acc1 = float(state.get("best_acc1", -1.0))
         self.wall_offset, self.run_start = float(state.get("wall_time_s", 0.0)), time.time()
         self.time_to_target_s, self.epochs_to_target = state.get("time_to_target_s"), state.get("epochs_to_target")
+        self.epoch_times = [float(t) for t in state.get("epoch_times", [])]
         saved_world = int(state.get("world_size", self.world_size))
         saved_batch = int(state.get("global_batch", self.global_batch))
         if (saved_world, saved_batch) != (self.world_size, self.global_batch):

@@ -358,6 +358,7 @@ def train_epochs(args, run: Run, train_step, criterion, val_loader, progress, ma
             progress.epoch, progress.step = epoch, step
             manager.save(epoch_end=False, epoch=epoch - 1, is_best=False)
 
+        first_step = progress.step  # > 0 when resumed mid-epoch
         train_stats = train_one_epoch(
             train_step, train_loader, run.device, epoch, start_step=progress.step, num_steps=run.steps_per_epoch,
             print_freq=args.print_freq, global_batch=run.global_batch, dist_info=run.dist_info, log=log, stop=stop,
@@ -367,6 +368,7 @@ def train_epochs(args, run: Run, train_step, criterion, val_loader, progress, ma
             log(f"preempted by signal {stop.flag.signum}: checkpoint saved at epoch {epoch} step "
                 f"{train_stats['steps_done']}; exiting with code {EXIT_PREEMPTED} (resume with --resume auto)")
             return "preempted"
+        train_seconds = time.perf_counter() - epoch_start
         val_stats = ema_stats = None
         if (epoch + 1) % args.eval_interval == 0 or epoch == args.epochs - 1:
             val_stats, ema_stats = evaluate_model_and_ema(run.model, run.model_ema, criterion, val_loader, run.device,
@@ -378,11 +380,14 @@ def train_epochs(args, run: Run, train_step, criterion, val_loader, progress, ma
         reached = args.target_acc is not None and val_stats is not None and val_stats["acc1"] >= args.target_acc
         if reached and progress.time_to_target_s is None:
             progress.time_to_target_s, progress.epochs_to_target = progress.wall_time(), epoch + 1
-        progress.epoch_times.append(time.perf_counter() - epoch_start)
+        epoch_seconds = time.perf_counter() - epoch_start
+        # The ETA's unit is a whole epoch: an epoch resumed at step k trained (steps - k) steps here.
+        done = max(1, run.steps_per_epoch - first_step) / max(1, run.steps_per_epoch)
+        progress.epoch_times.append(train_seconds / done + epoch_seconds - train_seconds)
         peak_mem_gb = accelerator.peak_memory_gb(run.device)
         accelerator.reset_peak_memory(run.device)  # each epoch's record covers that epoch only
         record = epoch_record(epoch, sizes[epoch], train_stats, val_stats, ema_stats, peak_mem_gb, progress,
-                              remaining_epochs=0 if reached else args.epochs - epoch - 1)
+                              epoch_seconds, remaining_epochs=0 if reached else args.epochs - epoch - 1)
         progress.epoch, progress.step = epoch + 1, 0
         manager.save(epoch_end=True, epoch=epoch, is_best=is_best)
         log(sink.log_epoch(record))
@@ -531,10 +536,11 @@ def train_one_epoch(train_step: TrainStep, data_loader, device, epoch, *, start_
     first steps (warmup: allocator, cuDNN autotuning, compile) are left out of the images/s figure."""
     train_step.model.train()
     stop.start_epoch()
-    logger = utils.StepLogger(f"Epoch: [{epoch}]", num_steps, print_freq, device, dist_info.is_main)
+    logger = utils.StepLogger(f"Epoch: [{epoch}]", num_steps, print_freq, device, dist_info.is_main,
+                              start_step=start_step)
     warmup_steps = min(10, max(0, (num_steps - start_step) // 5))
     timed_start = time.perf_counter()
-    data_wait, timed_images = 0.0, 0
+    data_wait, timed_images, saving = 0.0, 0, 0.0  # saving: mid-epoch checkpoints, left out of the rates
     n_bad = torch.zeros((), dtype=torch.int64)
     stopped = False
     step = start_step
@@ -551,7 +557,7 @@ def train_one_epoch(train_step: TrainStep, data_loader, device, epoch, *, start_
         data_time = time.perf_counter() - t_wait
         if step - start_step == warmup_steps and warmup_steps:
             accelerator.synchronize(device)
-            timed_start, data_wait, timed_images = time.perf_counter(), 0.0, 0
+            timed_start, data_wait, timed_images, saving = time.perf_counter(), 0.0, 0, 0.0
         data_wait += data_time
         n_bad += bad.sum()
         loss, output, target, lr = train_step(images, target, epoch, step)
@@ -565,11 +571,13 @@ def train_one_epoch(train_step: TrainStep, data_loader, device, epoch, *, start_
         logger.maybe_print(step - 1, lr, global_batch)
         if checkpoint_interval and step % checkpoint_interval == 0 and step < num_steps:
             train_step.check_health(epoch, step)
+            save_start = time.perf_counter()
             save_mid_epoch(step)
+            saving += time.perf_counter() - save_start
         t_wait = time.perf_counter()
     train_step.check_health(epoch, step)
     accelerator.synchronize(device)
-    elapsed = max(1e-9, time.perf_counter() - timed_start)
+    elapsed = max(1e-9, time.perf_counter() - timed_start - saving)
     # Loss and accuracy over all ranks' samples; throughput = all ranks' images over the slowest rank's time.
     sums = utils.dist_sum([timed_images, float(n_bad), logger.loss_sum.item(), logger.correct1.item(),
                            logger.correct5.item(), logger.samples], dist_info)
@@ -614,8 +622,10 @@ def evaluate(model, criterion, data_loader, device, *, autocast, dist_info, flip
 # ------------------------------------------------------------------------------------------------------------
 # Metrics records
 # ------------------------------------------------------------------------------------------------------------
-def epoch_record(epoch, train_res, train_stats, val_stats, ema_stats, peak_mem_gb, progress, remaining_epochs) -> dict:
-    """One line of metrics.jsonl (its fields are described in metrics.py)."""
+def epoch_record(epoch, train_res, train_stats, val_stats, ema_stats, peak_mem_gb, progress, epoch_seconds,
+                 remaining_epochs) -> dict:
+    """One line of metrics.jsonl (its fields are described in metrics.py); the ETA is the mean whole-epoch time
+    of this run so far, resumes included (RunState keeps it), times the epochs left."""
     mean_epoch = sum(progress.epoch_times) / len(progress.epoch_times)
     return {
         "epoch": epoch,
@@ -627,7 +637,7 @@ def epoch_record(epoch, train_res, train_stats, val_stats, ema_stats, peak_mem_g
         "ema_acc1": ema_stats["acc1"] if ema_stats else None,
         "imgs_per_sec": train_stats["imgs_per_sec"],
         "data_wait_frac": train_stats["data_wait_frac"],
-        "epoch_time_s": progress.epoch_times[-1],
+        "epoch_time_s": epoch_seconds,
         "peak_mem_gb": peak_mem_gb,
         "peak_host_rss_gb": metrics.peak_host_rss_gb(),
         "bad_images": train_stats["bad_images"],

@@ -266,8 +266,10 @@ class StepLogger:
     """Per-iteration console log in the reference's shape. Running sums stay on the device and are read only every
     `print_freq` steps, so the hot loop never waits on the GPU."""
 
-    def __init__(self, header: str, total_steps: int, print_freq: int, device, enabled: bool, stream=None):
+    def __init__(self, header: str, total_steps: int, print_freq: int, device, enabled: bool, stream=None,
+                 start_step: int = 0):
         self.header, self.total, self.print_freq = header, total_steps, max(1, print_freq)
+        self.start_step = start_step  # a resumed epoch: the steps before it ran in another process
         self.device, self.enabled = device, enabled
         self.stream = stream or sys.stdout
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -276,7 +278,7 @@ class StepLogger:
         self.samples = 0
         self.last = time.perf_counter()
         self.data_time = 0.0
-        self.last_steps = 0
+        self.last_steps = start_step
 
     def update(self, loss: torch.Tensor, correct1: torch.Tensor, correct5: torch.Tensor, batch: int,
                data_time: float) -> None:
@@ -299,7 +301,7 @@ class StepLogger:
             f"{self.header} [{done}/{self.total}]  eta: {metrics.format_hms(eta)}  lr: {lr:.6f}  "
             f"img/s: {global_batch / step_time:.1f}  loss: {self.loss_sum.item() / n:.4f}  "
             f"acc1: {self.correct1.item() * 100.0 / n:.2f}  acc5: {self.correct5.item() * 100.0 / n:.2f}  "
-            f"time: {step_time:.4f}  data: {self.data_time / max(1, done):.4f}{mem}", file=self.stream, flush=True)
+            f"time: {step_time:.4f}  data: {self.data_time / max(1, done - self.start_step):.4f}{mem}", file=self.stream, flush=True)
         self.last, self.last_steps = now, done
 
 

@@ -124,3 +124,67 @@ def test_results_table_from_real_one_and_two_process_runs(learnable, target_run,
     assert "Single card" in table and "2 cards" in table and "BatchSize=4" in table
     assert f"{fps2 / (2 * fps1):.2f}" in table  # scalability of the 2-process row
     assert "1/1 runs reached target" in table
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Figures that stay true around checkpoints and resumes
+# ------------------------------------------------------------------------------------------------------------
+def test_mid_epoch_checkpoint_saves_are_left_out_of_imgs_per_sec(tmp_path, monkeypatch):
+    """Saving is not training: 4 timed mid-epoch saves of 1 s each must not divide the epoch's images/s."""
+    import time
+
+    import checkpoint as ckpt_io
+
+    save = ckpt_io.CheckpointManager.save
+
+    def slow_save(self, *, epoch_end, **kwargs):
+        if not epoch_end:
+            time.sleep(1.0)
+        return save(self, epoch_end=epoch_end, **kwargs)
+
+    monkeypatch.setattr(ckpt_io.CheckpointManager, "save", slow_save)
+    data = make_imagefolder(tmp_path / "data", classes=2, train_per_class=12, val_per_class=1)
+    out = tmp_path / "out"
+    run_train_in_process(["--data-path", data, "--output-dir", out, "--epochs", "1", "--checkpoint-interval", "1",
+                          *FAST_ARGS])
+    record = read_jsonl(out / metrics.METRICS_FILE)[0]
+    timed_images = 4 * (6 - 1)  # 6 steps of 4 images, the first one warmup
+    assert timed_images / record["imgs_per_sec"] < 2.0, record  # the saves alone took 4 s of that window
+    assert record["epoch_time_s"] > 4.0  # the epoch's wall time does include them
+
+
+def test_eta_after_a_mid_epoch_resume_counts_whole_epochs(tmp_path, monkeypatch):
+    """Resumed at step 5 of 6, the epoch trains one step here: its time must not pass for an epoch's in the ETA,
+    and the step log's rate must not divide by the steps done before the resume."""
+    import os
+    import signal
+
+    import train
+
+    data = make_imagefolder(tmp_path / "data", classes=2, train_per_class=12, val_per_class=1)
+    out = tmp_path / "out"
+    args = ["--data-path", data, "--output-dir", out, "--epochs", "3", "--eval-interval", "10", "--seed", "5",
+            *FAST_ARGS]
+    call = train.TrainStep.__call__
+
+    def signal_at_epoch_1_step_4(self, images, target, epoch, step):
+        result = call(self, images, target, epoch, step)
+        if (epoch, step) == (1, 4):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(train.TrainStep, "__call__", signal_at_epoch_1_step_4)
+    assert run_train_in_process(args, check=False).returncode == 75
+    monkeypatch.undo()
+    resumed = run_train_in_process([*args, "--resume", "auto"])
+    assert "epoch 1, step 5" in resumed.stdout
+    epoch0, epoch1, _ = read_jsonl(out / metrics.METRICS_FILE)
+    # One epoch is left after epoch 1: its ETA is the mean whole-epoch time, epoch 0's (kept in the checkpoint)
+    # and epoch 1's scaled from its one step, so at least the mean of the two epochs' wall times; the one step's
+    # time alone (what the ETA was) is less, as epoch 1 ran 1 step here against epoch 0's 6.
+    assert epoch1["epoch_time_s"] < epoch0["epoch_time_s"]
+    assert epoch1["eta_s"] >= (epoch0["epoch_time_s"] + epoch1["epoch_time_s"]) / 2
+    # The step line's rate covers the one step run here (it divided by all 6 steps of the epoch).
+    line = next(ln for ln in resumed.stdout.splitlines() if ln.startswith("Epoch: [1] [6/6]"))
+    step_rate = float(line.split("img/s: ")[1].split()[0])
+    assert step_rate < 3 * epoch1["imgs_per_sec"], (line, epoch1["imgs_per_sec"])
