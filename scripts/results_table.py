@@ -205,7 +205,7 @@ def convergence_table(runs: list[tuple[str, dict]]) -> str | None:
                 fmt(best.get("best_acc1"), ".2f", "%"),
                 fmt(best.get("mean_power_w_per_card"), ".0f", " W/card"),
                 scalability(best, runs),
-                fmt(best.get("peak_mem_gb_per_card"), ".1f", " GB/card"),
+                fmt(best.get("peak_mem_gb_per_card"), ".1f", " GiB/card"),
                 f"{reached}/{len(members)} runs reached target",
             ]
         )

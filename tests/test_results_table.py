@@ -157,7 +157,7 @@ def test_results_tables(runs, tmp_path):
     assert amp8["Configuration"] == "8x, AMP+NHWC, bs 480"
     assert amp8["Accuracy"] == "76.10%" and amp8["Performance"] == "4200 img/s"
     assert amp8["Power"] == "312 W/card"
-    assert amp8["Memory"] == "30.2 GB/card"
+    assert amp8["Memory"] == "30.2 GiB/card"
     assert amp8["Scalability"] == "n/a"  # no 1-card AMP+NHWC run to compare with
     assert amp8["Stability"] == "1/2 runs reached target"
 
