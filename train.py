@@ -299,6 +299,7 @@ def run_training(args, run: Run, log) -> int:
         ckpt_io.check_output_dir(args.output_dir,
                                  ckpt_io.estimate_checkpoint_bytes(run.model, 1, run.model_ema is not None))
     resumed = resume_run(args, manager, progress, log)
+    resumed_at = progress.epoch
     if writes and not resumed:
         ckpt_io.set_aside_earlier_run(args.output_dir, log)
     if writes:
@@ -329,6 +330,8 @@ def run_training(args, run: Run, log) -> int:
         status = train_epochs(args, run, train_step, criterion, val_loader, progress, manager, sink, stop, log)
     finally:
         power_reading = power.stop()
+        if resumed and power_reading[0] is not None:  # samples are not carried across processes
+            power_reading = (power_reading[0], f"{power_reading[1]}; since the resume at epoch {resumed_at} only")
         if dist_info.is_main:
             sink.write_summary(build_summary(args, sink.records, progress, run, power_reading, status=status))
         sink.close()

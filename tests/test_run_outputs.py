@@ -188,3 +188,30 @@ def test_eta_after_a_mid_epoch_resume_counts_whole_epochs(tmp_path, monkeypatch)
     line = next(ln for ln in resumed.stdout.splitlines() if ln.startswith("Epoch: [1] [6/6]"))
     step_rate = float(line.split("img/s: ")[1].split()[0])
     assert step_rate < 3 * epoch1["imgs_per_sec"], (line, epoch1["imgs_per_sec"])
+
+
+def test_power_of_a_resumed_run_says_it_covers_the_resumed_part_only(tmp_path, monkeypatch):
+    """Power samples are not carried across processes: the summary must say so rather than pass the last part's
+    mean for the run's."""
+    import accelerator
+
+    class FakeMonitor:  # what NVML sampling returns on a GPU
+        def __init__(self, device):
+            pass
+
+        def start(self):
+            pass
+
+        def stop(self):
+            return 250.0, "NVML board power, mean of 3 samples every 5s on CUDA device 0 (test)"
+
+    data = make_imagefolder(tmp_path / "data", classes=2, train_per_class=4, val_per_class=1)
+    out = tmp_path / "out"
+    args = ["--data-path", data, "--output-dir", out, *FAST_ARGS]
+    monkeypatch.setattr(accelerator, "PowerMonitor", FakeMonitor)
+    run_train_in_process([*args, "--epochs", "1"])
+    first = json.loads((out / "summary.json").read_text())
+    assert first["mean_power_w_per_card"] == 250.0 and "resume" not in first["power_note"]
+    run_train_in_process([*args, "--epochs", "2", "--resume", "auto"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["power_note"].endswith("; since the resume at epoch 1 only")
