@@ -76,7 +76,10 @@ def build_model(name: str, weights: str | None, num_classes: int, *, channels_la
         what = " with --zero-init-residual" if extra else ""
         raise ConfigError(f"--model {name} / --weights {weights}{what}: {e}") from e
     if sync_bn_group is not None:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=sync_bn_group)
+        # The default group is passed as None, which SyncBatchNorm reads as the default group: a group object kept
+        # in the layers cannot be deep-copied, and the EMA model (--model-ema) is a deep copy.
+        group = None if sync_bn_group is torch.distributed.group.WORLD else sync_bn_group
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=group)
     model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

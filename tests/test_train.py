@@ -81,6 +81,29 @@ def test_a_fresh_run_sets_an_earlier_runs_checkpoints_aside(tmp_path):
     assert torch.load(out / "model_0.pth.prev", weights_only=True)["args"]["seed"] == 2
 
 
+def test_sync_bn_over_the_default_group_and_model_ema_build_together(monkeypatch):
+    """On CUDA the device group is the default group; SyncBatchNorm layers holding that group object made the
+    EMA model's deep copy fail (TypeError: cannot pickle ProcessGroup) at the start of every --sync-bn
+    --model-ema run. A one-process gloo group stands in for NCCL's here."""
+    from conftest import free_port
+
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(name, value)
+    info = utils.init_distributed(torch.device("cpu"), "gloo", "env://", 1)
+    try:
+        assert info.device_group is torch.distributed.group.WORLD
+        model = train.build_model("resnet18", None, 3, channels_last=False, device=torch.device("cpu"),
+                                  sync_bn_group=info.device_group)
+        sync_layers = [m for m in model.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+        assert sync_layers and all(m.process_group is None for m in sync_layers)  # None: the default group
+        ema = train.build_ema(model, world_size=1, batch_size=4, ema_steps=32, ema_decay=0.99998, epochs=10,
+                              device=torch.device("cpu"))
+        assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in ema.module.modules())
+    finally:
+        utils.cleanup_distributed(info)
+
+
 def test_resume_after_epoch_one_matches_uninterrupted_lr_trace_and_epochs(tmp_path):
     data = make_imagefolder(tmp_path / "data", classes=2, train_per_class=8, val_per_class=2)
     common = ["--data-path", data, "--epochs", "3", "--lr", "0.1", "--lr-warmup-epochs", "1",
