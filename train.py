@@ -277,7 +277,10 @@ def resume_run(args, manager: ckpt_io.CheckpointManager, progress: ckpt_io.RunSt
         return False
     path, ckpt = found
     if args.test_only:
-        manager.restore(ckpt, only=("model",))
+        if "model_ema" in manager.parts and "model_ema" not in ckpt:  # the EMA model would keep its random start
+            raise ckpt_io.CheckpointError(f"--model-ema: {path} holds no EMA weights (trained without --model-ema); "
+                                          f"drop --model-ema to score its model")
+        manager.restore(ckpt, only=("model", "model_ema"))
         log(f"loaded {path} (epoch {ckpt.get('epoch')})")
         return False
     manager.restore(ckpt)
@@ -309,10 +312,12 @@ def run_training(args, run: Run, log) -> int:
         save_args(args, args.output_dir)  # after the resume, which may have taken the checkpoint's seed
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     val_loader = run.device_loader(train=False)
-    if args.test_only:
-        stats = evaluate(run.model, criterion, val_loader, device, autocast=run.autocast, dist_info=dist_info,
-                         flip_tta=args.val_flip_tta)
-        log(f"Test: Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} ({stats['count']} images)")
+    if args.test_only:  # the model, and with --model-ema its EMA weights too, as the reference scores them
+        scored = [("", run.model)] + ([("EMA ", run.model_ema.module)] if run.model_ema is not None else [])
+        for label, net in scored:
+            stats = evaluate(net, criterion, val_loader, device, autocast=run.autocast, dist_info=dist_info,
+                             flip_tta=args.val_flip_tta)
+            log(f"Test: {label}Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} ({stats['count']} images)")
         return 0
 
     mixup = transforms.get_mixup_cutmix(mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha,

@@ -104,6 +104,25 @@ def test_sync_bn_over_the_default_group_and_model_ema_build_together(monkeypatch
         utils.cleanup_distributed(info)
 
 
+def test_test_only_with_model_ema_scores_the_ema_weights_too(tmp_path):
+    """As torchvision's reference does: --test-only --model-ema reports the EMA model's accuracy, the one the
+    training run printed for it; a checkpoint without EMA weights is refused rather than scored at random."""
+    data = make_imagefolder(tmp_path / "data", classes=2, train_per_class=6, val_per_class=3)
+    out = tmp_path / "out"
+    ema = ["--model-ema", "--model-ema-steps", "1", "--model-ema-decay", "0.9"]
+    trained = run_train_in_process(["--data-path", data, "--output-dir", out, "--epochs", "1", "--seed", "4", *ema,
+                                    *FAST_ARGS])
+    ema_line = next(ln for ln in trained.stdout.splitlines() if ln.startswith("Test: EMA Acc@1"))
+    tested = run_train_in_process(["--data-path", data, "--resume", out / "checkpoint.pth", "--test-only", *ema,
+                                   *FAST_ARGS])
+    assert f"{ema_line} (6 images)" in tested.stdout and "Test: Acc@1" in tested.stdout
+    plain = tmp_path / "plain"
+    run_train_in_process(["--data-path", data, "--output-dir", plain, "--epochs", "1", *FAST_ARGS])
+    refused = run_train_in_process(["--data-path", data, "--resume", plain / "checkpoint.pth", "--test-only", *ema,
+                                    *FAST_ARGS], check=False)
+    assert refused.returncode == 2 and "holds no EMA weights" in refused.stderr
+
+
 def test_resume_after_epoch_one_matches_uninterrupted_lr_trace_and_epochs(tmp_path):
     data = make_imagefolder(tmp_path / "data", classes=2, train_per_class=8, val_per_class=2)
     common = ["--data-path", data, "--epochs", "3", "--lr", "0.1", "--lr-warmup-epochs", "1",
