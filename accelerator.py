@@ -134,9 +134,17 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def set_tf32(enabled: bool) -> None:
+def set_tf32(enabled: bool, *, for_autotune: bool = False) -> None:
     """TF32 (10-bit mantissa) for float32 convolutions and matmuls on NVIDIA Ampere and later. PyTorch's default
-    already runs convolutions in TF32 on those cards, so an "fp32" run is TF32 unless this is off."""
+    already runs convolutions in TF32 on those cards, so an "fp32" run is TF32 unless this is off.
+
+    `for_autotune` (--compile-mode max-autotune*) sets the same through the older global switches: torch.compile's
+    autotuner reads torch.get_float32_matmul_precision(), which raises once the per-backend settings below have
+    been used (pytorch/pytorch#196728), and the compile would fail at the first step."""
+    if for_autotune:
+        torch.set_float32_matmul_precision("high" if enabled else "highest")
+        torch.backends.cudnn.allow_tf32 = enabled
+        return
     precision = "tf32" if enabled else "ieee"
     torch.backends.cudnn.conv.fp32_precision = precision
     torch.backends.cuda.matmul.fp32_precision = precision

@@ -154,7 +154,8 @@ def main(args) -> int:
 
     device = run_device(args)
     accelerator.activate(device)  # before the process group, so that NCCL binds to this process's card
-    accelerator.set_tf32(args.tf32 == "on")
+    accelerator.set_tf32(args.tf32 == "on", for_autotune=accelerator.is_nvidia(device) and args.compile
+                         and args.compile_mode.startswith("max-autotune"))
     timeout = dist_timeout_minutes(args)
     dist_info = utils.init_distributed(device, accelerator.dist_backend(device, args.dist_backend), args.dist_url,
                                        timeout)

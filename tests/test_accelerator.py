@@ -3,6 +3,7 @@ TF32, the compile timeout, normalization into the autocast dtype, the preemption
 measurements that must say why they are missing (the stream drain before GPU JPEG decode: test_device_decode.py)."""
 
 import datetime
+import subprocess
 import sys
 import time
 import types
@@ -17,6 +18,7 @@ import presets
 import train
 import transforms
 import utils
+from conftest import REPO
 
 
 @pytest.fixture
@@ -122,6 +124,20 @@ def test_host_reductions_and_ddp_avoid_a_device_only_default_group(single_rank_g
 # ------------------------------------------------------------------------------------------------------------
 # Precision and compile options
 # ------------------------------------------------------------------------------------------------------------
+def test_tf32_for_the_autotuner_leaves_the_precision_readable():
+    """torch.compile's max-autotune reads torch.get_float32_matmul_precision(); after the per-backend TF32
+    switches it raises, and the compile failed. The switches for the autotuner keep it readable, with TF32 on and
+    off. (A fresh interpreter: these global settings would otherwise outlive the test.)"""
+    code = ("import sys, torch; sys.path.insert(0, sys.argv[1]); import accelerator\n"
+            "for on in (True, False):\n"
+            "    accelerator.set_tf32(on, for_autotune=True)\n"
+            "    print(torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32,\n"
+            "          torch.backends.cudnn.allow_tf32)\n")
+    proc = subprocess.run([sys.executable, "-c", code, REPO], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[:2] == ["high True True", "highest False False"]
+
+
 def test_tf32_switch_and_note():
     before = (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
     try:
