@@ -136,9 +136,23 @@ def data_config(args, device: torch.device, dist_info: utils.DistInfo, *, endles
     same_names = {f.name: getattr(args, f.name) for f in dataclasses.fields(data.DataConfig) if hasattr(args, f.name)}
     workers = args.workers if args.workers is not None else datasets.default_workers(dist_info.local_world_size)
     sizes = options.train_sizes(args)  # with --min-res/--max-res they replace --train-crop-size
+    same_names.update(weights_preprocessing(args))
     return data.DataConfig(**{**same_names, "workers": workers, "train_crop_size": sizes[0]},
                            decode_on_device=args.decode_device == "cuda", pin_memory=accelerator.pin_memory(device),
                            endless=endless, train_sizes=tuple(sorted(set(sizes))))
+
+
+def weights_preprocessing(args) -> dict:
+    """--test-only --weights W scores W with the preprocessing it was published with (W.transforms(): e.g. resize
+    232 for ResNet50_Weights.IMAGENET1K_V2), as torchvision's reference does, instead of the --val-* sizes."""
+    if not (args.test_only and args.weights):
+        return {}
+    try:
+        preset = torchvision.models.get_weight(args.weights).transforms()
+    except (ValueError, KeyError, AttributeError) as e:
+        raise ConfigError(f"--weights {args.weights}: {e}") from e
+    return {"val_resize_size": int(preset.resize_size[0]), "val_crop_size": int(preset.crop_size[0]),
+            "interpolation": preset.interpolation.value}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -225,6 +239,9 @@ def build_run(args, device: torch.device, dist_info: utils.DistInfo, log, *, wit
                                           need_train=not args.test_only)
         if loaders.decode_note:
             log(loaders.decode_note)
+        if weights_preprocessing(args):
+            log(f"--weights {args.weights}: scored with its own preprocessing: resize {cfg.val_resize_size}, crop "
+                f"{cfg.val_crop_size}, {cfg.interpolation}")
         num_classes = len(loaders.classes)
     model = build_model(args.model, args.weights, num_classes, channels_last=args.channels_last, device=device,
                         sync_bn_group=dist_info.device_group if args.sync_bn and dist_info.distributed else None,

@@ -123,6 +123,20 @@ def test_test_only_with_model_ema_scores_the_ema_weights_too(tmp_path):
     assert refused.returncode == 2 and "holds no EMA weights" in refused.stderr
 
 
+def test_test_only_with_weights_uses_the_weights_own_preprocessing():
+    """torchvision publishes ResNet50_Weights.IMAGENET1K_V2's 80.858% with resize 232, crop 224: --test-only
+    --weights must score it that way, as the reference does, not with the --val-* defaults (256, 224)."""
+    parse = train.get_args_parser().parse_args
+    common = ["--data-path", "x", "--device", "cpu", "--weights", "ResNet50_Weights.IMAGENET1K_V2"]
+    cfg = train.data_config(parse([*common, "--test-only"]), torch.device("cpu"), utils.DistInfo())
+    assert (cfg.val_resize_size, cfg.val_crop_size, cfg.interpolation) == (232, 224, "bilinear")
+    cfg = train.data_config(parse(common), torch.device("cpu"), utils.DistInfo())  # fine-tuning from them
+    assert (cfg.val_resize_size, cfg.val_crop_size) == (256, 224)
+    with pytest.raises(train.ConfigError, match="--weights ResNet50_Weights.NO_SUCH"):
+        train.data_config(parse([*common[:-1], "ResNet50_Weights.NO_SUCH", "--test-only"]), torch.device("cpu"),
+                          utils.DistInfo())
+
+
 def test_resume_after_epoch_one_matches_uninterrupted_lr_trace_and_epochs(tmp_path):
     data = make_imagefolder(tmp_path / "data", classes=2, train_per_class=8, val_per_class=2)
     common = ["--data-path", data, "--epochs", "3", "--lr", "0.1", "--lr-warmup-epochs", "1",
