@@ -109,25 +109,25 @@ import torch
 import checkpoint, utils
 
 info = utils.init_distributed(torch.device("cpu"), "gloo", "env://", 1)
-base, view = sys.argv[1], sys.argv[2]
-# Each rank on its own "node" with --output-dir out on its own disk; with view "shared", node1/out is node0/out.
-os.chdir(os.path.join(base, f"node{info.rank}"))
-epoch = {"rank0": 2, "stale": 5}.get(view if info.rank else "rank0")
-if view == "shared" and info.rank:
-    utils.barrier(info)  # rank 0 has made node0/out
-    os.symlink(os.path.join(base, "node0", "out"), "out")
-elif epoch is not None:
-    os.makedirs("out", exist_ok=True)
-    torch.save({"model": {}, "epoch": epoch}, os.path.join("out", "checkpoint.pth"))
-if view == "shared" and not info.rank:
-    utils.barrier(info)
-manager = checkpoint.CheckpointManager("out", {}, dist_info=info, keep=None)
-try:
-    path, ckpt = manager.find("auto", log=lambda *a: None)
-    result = f"{os.path.realpath(path)} epoch {ckpt['epoch']}"
-except checkpoint.CheckpointError as e:
-    result = f"error: {e}"
-sys.stdout.write(f"rank {info.rank}: {result}\\n")  # one write per rank: the ranks share stdout
+for view in ("shared", "stale", "none"):
+    # Each rank on its own "node" with --output-dir out on its own disk; with view "shared", node1/out is node0/out.
+    os.chdir(os.path.join(sys.argv[1], view, f"node{info.rank}"))
+    epoch = {"rank0": 2, "stale": 5}.get(view if info.rank else "rank0")
+    if view == "shared" and info.rank:
+        utils.barrier(info)  # rank 0 has made node0/out
+        os.symlink(os.path.join(sys.argv[1], view, "node0", "out"), "out")
+    elif epoch is not None:
+        os.makedirs("out", exist_ok=True)
+        torch.save({"model": {}, "epoch": epoch}, os.path.join("out", "checkpoint.pth"))
+    if view == "shared" and not info.rank:
+        utils.barrier(info)
+    manager = checkpoint.CheckpointManager("out", {}, dist_info=info, keep=None)
+    try:
+        path, ckpt = manager.find("auto", log=lambda *a: None)
+        result = f"{os.path.realpath(path)} epoch {ckpt['epoch']}"
+    except checkpoint.CheckpointError as e:
+        result = f"error: {e}"
+    sys.stdout.write(f"{view} rank {info.rank}: {result}\\n")  # one write per rank: the ranks share stdout
 utils.cleanup_distributed(info)
 """
 
@@ -146,15 +146,14 @@ def test_resume_auto_loads_the_file_rank_0_chose_on_every_rank(tmp_path):
     script = tmp_path / "find.py"
     script.write_text(FIND_ON_EACH_RANK)
     env = dict(os.environ, **TEST_ENV, PYTHONPATH=REPO)
-    lines = {}
     for view in ("shared", "stale", "none"):
-        base = tmp_path / view
         for rank in (0, 1):
-            (base / f"node{rank}").mkdir(parents=True)
-        proc = subprocess.run(torchrun_cmd([], nproc=2)[:-1] + [str(script), str(base), view], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        lines[view] = sorted(proc.stdout.splitlines())
+            (tmp_path / view / f"node{rank}").mkdir(parents=True)
+    proc = subprocess.run(torchrun_cmd([], nproc=2)[:-1] + [str(script), str(tmp_path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = {view: sorted(ln.split(" ", 1)[1] for ln in proc.stdout.splitlines() if ln.startswith(view + " "))
+             for view in ("shared", "stale", "none")}
     shared = os.path.realpath(tmp_path / "shared" / "node0" / "out" / "checkpoint.pth")
     assert lines["shared"] == [f"rank 0: {shared} epoch 2", f"rank 1: {shared} epoch 2"]
     stale = ("error: rank 1 sees another out/checkpoint.pth than rank 0 (epoch 5 against 2); --output-dir must be "

@@ -516,17 +516,10 @@ def _assert_trained(out: Path, output: str, precision: str) -> None:
 
 
 @pytest.mark.slow  # torchrun and its worker: two processes
-def test_single_process_script_trains(tiny_imagefolder, tmp_path):
-    out = tmp_path / "out"
-    env = _clean_env(NPROC_PER_NODE="1", MASTER_PORT=str(free_port()), MAX_RESTARTS="0")
-    output = _finish(_real_run("fp32_1card.sh", tiny_imagefolder, out, env, tmp_path))
-    _assert_trained(out, output, "fp32")
-
-
-@pytest.mark.slow
-def test_sigusr1_to_the_launcher_reaches_train_py_which_saves_and_stops(tiny_imagefolder, tmp_path):
-    """SLURM's --signal=USR1 goes to the launched command, torchrun: the launcher has torchrun forward it. (By
-    default torchrun dies of SIGUSR1 and its worker, in its own session, trains on without a checkpoint.)"""
+def test_single_process_script_trains_and_sigusr1_to_it_saves_and_stops(tiny_imagefolder, tmp_path):
+    """The 1-card script trains (its first epoch is checked), and SLURM's --signal=USR1, which goes to the
+    launched command, torchrun, reaches train.py: the launcher has torchrun forward it. (By default torchrun dies
+    of SIGUSR1 and its worker, in its own session, trains on without a checkpoint.)"""
     out = tmp_path / "out"
     env = _clean_env(NPROC_PER_NODE="1", MASTER_PORT=str(free_port()), MAX_RESTARTS="0")
     args = ["bash", str(SCRIPTS / "fp32_1card.sh"), "--data-path", str(tiny_imagefolder), *SMOKE_ARGS,
@@ -548,6 +541,9 @@ def test_sigusr1_to_the_launcher_reaches_train_py_which_saves_and_stops(tiny_ima
     assert proc.returncode != -signal.SIGUSR1, output[-3000:]  # torchrun did not die of it
     assert f"preempted by signal {int(signal.SIGUSR1)}" in output, output[-3000:]
     assert (out / "checkpoint.pth").is_file()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert records[0]["epoch"] == 0 and records[0]["val_acc1"] is not None
+    assert json.loads((out / "summary.json").read_text())["precision"] == "fp32"  # the recipe's, applied
 
 
 @pytest.mark.slow
