@@ -286,7 +286,8 @@ def checkpoint_manager(args, run: Run, progress: ckpt_io.RunState) -> ckpt_io.Ch
 
 
 def resume_run(args, manager: ckpt_io.CheckpointManager, progress: ckpt_io.RunState, log) -> bool:
-    """--resume: load the checkpoint into the run's parts (the model alone for --test-only). True if resumed."""
+    """--resume: load the checkpoint into the run's parts (for --test-only the model, and its EMA with
+    --model-ema). True if training resumed."""
     found = manager.find(args.resume, log) if args.resume else None
     if found is None:
         if args.test_only and not args.weights:  # scoring the random initialization would pass for a result
