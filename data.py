@@ -353,7 +353,7 @@ class DeviceLoader:
         good = [i for i in range(images.shape[0]) if i not in set(bad)]
         if not good and self.train:
             raise datasets.DataError(f"every image of a training batch failed to decode, e.g. {paths[bad[0]]}")
-        for k, i in enumerate(bad):
+        for i in bad:
             if paths[i] not in self._reported:  # each bad path once, as the CPU-side dataset does
                 self._reported.add(paths[i])
                 print(f"skipping bad image {paths[i]}: cannot be decoded", file=sys.stderr, flush=True)

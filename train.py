@@ -239,7 +239,7 @@ def build_run(args, device: torch.device, dist_info: utils.DistInfo, log, *, wit
                                           need_train=not args.test_only)
         if loaders.decode_note:
             log(loaders.decode_note)
-        if weights_preprocessing(args):
+        if args.test_only and args.weights:  # data_config took the weights' preprocessing
             log(f"--weights {args.weights}: scored with its own preprocessing: resize {cfg.val_resize_size}, crop "
                 f"{cfg.val_crop_size}, {cfg.interpolation}")
         num_classes = len(loaders.classes)

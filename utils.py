@@ -301,7 +301,8 @@ class StepLogger:
             f"{self.header} [{done}/{self.total}]  eta: {metrics.format_hms(eta)}  lr: {lr:.6f}  "
             f"img/s: {global_batch / step_time:.1f}  loss: {self.loss_sum.item() / n:.4f}  "
             f"acc1: {self.correct1.item() * 100.0 / n:.2f}  acc5: {self.correct5.item() * 100.0 / n:.2f}  "
-            f"time: {step_time:.4f}  data: {self.data_time / max(1, done - self.start_step):.4f}{mem}", file=self.stream, flush=True)
+            f"time: {step_time:.4f}  data: {self.data_time / max(1, done - self.start_step):.4f}{mem}",
+            file=self.stream, flush=True)
         self.last, self.last_steps = now, done
 
 
