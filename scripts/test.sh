@@ -5,16 +5,31 @@
 #   bash scripts/test.sh                      # everything, slow tests included
 #   bash scripts/test.sh -m "not slow"        # skip the multi-process tests
 #   bash scripts/test.sh tests/test_scripts.py -k lr
+#   bash scripts/test.sh -n 0                 # one test at a time (pytest options given here win)
 # Runs from the repository root (so test paths are relative to it) whatever the cwd.
 # Exits with pytest's status (0 all passed, 1 failures, 5 no test collected, ...).
 #
+# Tests run in parallel, one pytest-xdist worker per CPU core (see TEST_WORKERS): most
+# tests spend their time starting Python processes (5 s of imports each) on one core while
+# the other waits, so on 2 cores the suite takes about 40% less time than one at a time.
+#
 # Environment: PYTHON (default python3); TEST_SKIP_INSTALL=1 skips the pip step, e.g.
-# on a machine without network where requirements-dev.txt is already installed.
+# on a machine without network where requirements-dev.txt is already installed;
+# TEST_WORKERS sets the number of workers (default: the CPU cores this process may use, at
+# most 8; 0 runs the tests in this process, one at a time).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 python=${PYTHON:-python3}
+
+# Each worker holds torch in memory (about 1 GB with its test's processes): at most 8 by default.
+cores=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
+workers=${TEST_WORKERS:-$((cores > 8 ? 8 : cores))}
+if ! [[ $workers =~ ^[0-9]+$ ]]; then
+    echo "test.sh: error: TEST_WORKERS must be a whole number of pytest workers (0: no parallel workers), got '$workers'" >&2
+    exit 2
+fi
 
 if [[ ${TEST_SKIP_INSTALL:-0} != 1 ]]; then
     # Already-satisfied requirements need no network, so this is cheap after the first run.
@@ -25,4 +40,6 @@ if [[ ${TEST_SKIP_INSTALL:-0} != 1 ]]; then
     }
 fi
 
-exec "$python" -m pytest "$@"
+# worksteal: a worker that runs out of tests takes some of the other's, so a long test found
+# late does not leave one core idle at the end.
+exec "$python" -m pytest -n "$workers" --dist worksteal "$@"

@@ -21,6 +21,13 @@ sys.path.insert(0, REPO)
 # Tests run on 2 cores: one intra-op thread per process keeps torchrun's two workers from fighting.
 TEST_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
+# scripts/test.sh runs one pytest-xdist worker per core. A worker's own torch work (the runs made in this process)
+# then gets one thread too: two workers with a thread per core each would make OpenMP's threads spin-wait for
+# cores the other worker holds.
+IN_PARALLEL_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1
+if IN_PARALLEL_WORKER:
+    torch.set_num_threads(1)
+
 # Small but real: ResNet-18 at 32 px trains fast on a CPU; ResNet-50 is covered by its own tests.
 FAST_ARGS = [
     "--device", "cpu", "--model", "resnet18", "--batch-size", "4", "--workers", "0",

@@ -42,7 +42,7 @@ MULTI_NODE = {"fp32_16cards", "amp_16cards"}
 # Launcher environment that must not leak in from the shell running the tests (scripts/test.sh itself may run
 # with TEST_SKIP_INSTALL=1, which would change what the test.sh and demo.sh tests see).
 LAUNCH_VARS = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "MAX_RESTARTS", "PYTHON",
-               "TEST_SKIP_INSTALL", "DEMO_SKIP_INSTALL")
+               "TEST_SKIP_INSTALL", "TEST_WORKERS", "DEMO_SKIP_INSTALL")
 FAKE_MARK = "FAKE_ARGV "
 CHECK_MARK = "FAKE_CHECK "
 # The fake interpreter: torchrun's command is printed; train.py --dry-run is answered as train.py answers good
@@ -417,6 +417,10 @@ def _calls(tmp_path: Path) -> list[list[str]]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
+# One pytest-xdist worker per core this process may use, at most 8; the user's own options come last and win.
+DEFAULT_TEST_WORKERS = str(min(len(os.sched_getaffinity(0)), 8))
+
+
 @pytest.mark.parametrize("rc", [0, 1, 5])
 def test_test_sh_installs_then_runs_pytest_with_its_exit_code(rc, logging_python, tmp_path):
     env = _clean_env(PYTHON=str(logging_python), FAKE_RC=str(rc))
@@ -424,20 +428,34 @@ def test_test_sh_installs_then_runs_pytest_with_its_exit_code(rc, logging_python
     assert result.returncode == rc, result.stderr
     assert _calls(tmp_path) == [
         ["-m", "pip", "install", "-q", "-r", "requirements-dev.txt"],
-        ["-m", "pytest", "-m", "not slow", "tests/test_x.py"],
+        ["-m", "pytest", "-n", DEFAULT_TEST_WORKERS, "--dist", "worksteal", "-m", "not slow", "tests/test_x.py"],
     ]
 
 
 def test_test_sh_skip_install_and_pip_failure(logging_python, tmp_path):
     skip = _run("test.sh", [], _clean_env(PYTHON=str(logging_python), TEST_SKIP_INSTALL="1"), tmp_path)
     assert skip.returncode == 0
-    assert _calls(tmp_path) == [["-m", "pytest"]]
+    assert _calls(tmp_path) == [["-m", "pytest", "-n", DEFAULT_TEST_WORKERS, "--dist", "worksteal"]]
 
     (tmp_path / "calls.jsonl").unlink()
     broken = _run("test.sh", [], _clean_env(PYTHON=str(logging_python), FAKE_PIP_RC="3"), tmp_path)
     assert broken.returncode == 3
     assert "requirements-dev.txt' failed" in broken.stderr and "TEST_SKIP_INSTALL=1" in broken.stderr
     assert [c[:2] for c in _calls(tmp_path)] == [["-m", "pip"]]  # pytest not run after a failed install
+
+
+def test_test_sh_workers_setting(logging_python, tmp_path):
+    one_at_a_time = _run("test.sh", ["-x"], _clean_env(PYTHON=str(logging_python), TEST_SKIP_INSTALL="1",
+                                                       TEST_WORKERS="0"), tmp_path)
+    assert one_at_a_time.returncode == 0, one_at_a_time.stderr
+    assert _calls(tmp_path) == [["-m", "pytest", "-n", "0", "--dist", "worksteal", "-x"]]
+
+    (tmp_path / "calls.jsonl").unlink()
+    bad = _run("test.sh", [], _clean_env(PYTHON=str(logging_python), TEST_WORKERS="two"), tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1] == (
+        "test.sh: error: TEST_WORKERS must be a whole number of pytest workers (0: no parallel workers), got 'two'")
+    assert _calls(tmp_path) == []  # refused before installing or testing anything
 
 
 @pytest.mark.parametrize("skip_install", [False, True])
