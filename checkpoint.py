@@ -9,14 +9,19 @@ Files in --output-dir:
   model_{epoch}.pth     the state at the end of each epoch (the newest --keep-checkpoints of them are kept)
   model_best.pth        the state at the end of the epoch with the best Acc@1 so far
   *.pth.prev            those of the run before, when a fresh run started in the same folder
+  run_clock.json        the run's wall time, rewritten every CLOCK_INTERVAL_S seconds (RunClock): after a crash
+                        without a checkpoint, the resume counts the time lost since the last one
 """
 
 import contextlib
 import glob
+import json
 import os
 import re
 import shutil
+import threading
 import time
+import uuid
 
 import torch
 
@@ -26,6 +31,8 @@ import utils
 LATEST = "checkpoint.pth"
 BEST = "model_best.pth"
 EPOCH_RE = re.compile(r"^model_(\d+)\.pth$")
+CLOCK = "run_clock.json"
+CLOCK_INTERVAL_S = 30.0  # the most time a crash can take out of wall_time_s: a tiny file, rewritten this often
 
 
 class CheckpointError(RuntimeError):
@@ -179,6 +186,7 @@ class RunState:
         self.best_acc1 = -1.0
         self.time_to_target_s = self.epochs_to_target = None
         self.wall_offset, self.run_start = 0.0, time.time()
+        self.run_id = uuid.uuid4().hex  # a resume keeps it: RunClock's record is read for the same run only
         self.epoch_times: list[float] = []
         self.resume_note = None  # a warning for the log, set by load_state_dict
 
@@ -195,6 +203,7 @@ class RunState:
             "global_batch": self.global_batch,
             "best_acc1": self.best_acc1,
             "wall_time_s": self.wall_time(),
+            "run_id": self.run_id,
             "time_to_target_s": self.time_to_target_s,
             "epochs_to_target": self.epochs_to_target,
             "epoch_times": list(self.epoch_times),  # whole-epoch seconds so far: the ETA after a resume
@@ -206,6 +215,7 @@ class RunState:
         self.global_step = int(state.get("global_step", 0))
         self.best_acc1 = float(state.get("best_acc1", -1.0))
         self.wall_offset, self.run_start = float(state.get("wall_time_s", 0.0)), time.time()
+        self.run_id = str(state.get("run_id", self.run_id))
         self.time_to_target_s, self.epochs_to_target = state.get("time_to_target_s"), state.get("epochs_to_target")
         self.epoch_times = [float(t) for t in state.get("epoch_times", [])]
         saved_world = int(state.get("world_size", self.world_size))
@@ -218,6 +228,67 @@ class RunState:
                 f"augmentation will differ from an uninterrupted run")
             # Mid-epoch positions are in units of the old batch; restart the epoch's data at the same images.
             self.step = (self.step * saved_batch) // self.global_batch
+
+
+class RunClock:
+    """The run's wall time on disk, rewritten every CLOCK_INTERVAL_S seconds by a background thread (rank 0).
+
+    A checkpoint holds the wall time at its save; a crash without one (SIGKILL, a lost node, an out-of-memory kill)
+    loses the work done since, which the resumed run redoes. `count_lost_time` adds that time back on resume from
+    this file, so wall_time_s and time_to_target_s are what the run cost, crashes included (short by at most
+    CLOCK_INTERVAL_S)."""
+
+    def __init__(self, run_state: RunState, output_dir: str | None):
+        self.run_state, self.output_dir = run_state, output_dir
+        self.interval_s = CLOCK_INTERVAL_S
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.output_dir or ".", CLOCK)
+
+    def count_lost_time(self, log) -> None:
+        """After a resume: if this folder's clock belongs to the same run and is ahead of the checkpoint, the
+        difference is work lost in a crash; it counts in the run's wall time. A missing or unreadable clock (an
+        older run, another folder) changes nothing."""
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                clock = json.load(f)
+            run_id, wall = clock["run_id"], float(clock["wall_time_s"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        lost = wall - self.run_state.wall_offset  # the checkpoint's wall time (this process's own time runs on)
+        if run_id != self.run_state.run_id or lost <= 0:
+            return
+        self.run_state.wall_offset += lost
+        if lost >= 1.0:  # less: the moments between a preemption's last save and its exit
+            log(f"resume: {lost:.0f} s of training after that checkpoint were lost (the run ended without saving); "
+                f"they count in the run's wall time")
+
+    def write(self) -> None:
+        payload = json.dumps({"run_id": self.run_state.run_id, "wall_time_s": round(self.run_state.wall_time(), 3)})
+        try:
+            fileio.atomic_write(self.path, lambda f: f.write(payload), binary=False)
+        except OSError:
+            pass  # a full or read-only disk: the checkpoints report it; the clock is a best effort
+
+    def start(self) -> "RunClock":
+        if self.output_dir:
+            self.write()
+            self._thread = threading.Thread(target=self._run, daemon=True, name="run-clock")
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.write()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
 
 
 class RngStates:

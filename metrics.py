@@ -87,7 +87,8 @@ SUMMARY_SCHEMA = (
     Field("final_acc5", "float", "val_acc5 of the last epoch run, same rule.", "derived"),
     Field("epochs_run", "int", "number of distinct epochs in metrics.jsonl.", "derived"),
     Field("epochs_planned", "int", "epochs the run was configured for.", "run_info"),
-    Field("wall_time_s", "float", "wall-clock seconds of the whole run, summed over resumes.", "run_info"),
+    Field("wall_time_s", "float", "wall-clock seconds of the whole run, summed over resumes; the work a crash lost "
+          "counts too (run_clock.json).", "run_info"),
     Field("target_acc", "float", "top-1 target (%) for convergence runs; null if none.", "run_info"),
     Field("reached_target", "bool", "best_acc1 >= target_acc; null when target_acc is null.", "derived"),
     Field("time_to_target_s", "float", "wall-clock seconds until val_acc1 first reached target_acc.", "run_info"),

@@ -325,6 +325,9 @@ def run_training(args, run: Run, log) -> int:
                                  ckpt_io.estimate_checkpoint_bytes(run.model, 1, run.model_ema is not None))
     resumed = resume_run(args, manager, progress, log)
     resumed_at = progress.epoch
+    clock = ckpt_io.RunClock(progress, args.output_dir if writes else None)
+    if resumed and writes:
+        clock.count_lost_time(log)
     if writes and not resumed:
         ckpt_io.set_aside_earlier_run(args.output_dir, log)
     if writes:
@@ -353,9 +356,11 @@ def run_training(args, run: Run, log) -> int:
     log(f"training {args.model}: {args.lr_note}, {run.steps_per_epoch} steps/epoch, "
         f"epochs {progress.epoch}..{args.epochs - 1}, seed {args.seed}")
     status = "running"  # what summary.json says if the run dies with an error
+    clock.start()
     try:
         status = train_epochs(args, run, train_step, criterion, val_loader, progress, manager, sink, stop, log)
     finally:
+        clock.stop()
         power_reading = power.stop()
         if resumed and power_reading[0] is not None:  # samples are not carried across processes
             power_reading = (power_reading[0], f"{power_reading[1]}; since the resume at epoch {resumed_at} only")

@@ -9,6 +9,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -124,6 +125,7 @@ def test_sigterm_mid_epoch_saves_exits_75_and_resume_is_bitwise_identical(det_da
     assert ckpt["epoch"] == 0 and ckpt["step_in_epoch"] >= 3
     resumed = run_train_in_process(det_args(det_data, out, "--resume", "auto"))
     assert f"epoch 1, step {ckpt['step_in_epoch']}" in resumed.stdout
+    assert "were lost" not in resumed.stdout  # the preemption saved: nothing to add to the wall time
     assert_same_weights(weights(out), straight)
 
 
@@ -184,6 +186,47 @@ def test_sigkill_at_random_points_never_corrupts_and_ends_identical(det_data, st
             torch.load(out / name, weights_only=True)
     run_train_in_process(args)
     assert_same_weights(weights(out), straight)
+
+
+# train.py with the run clock ticking every 0.2 s (30 s in real runs) and epoch 1's steps slowed to 0.4 s each, so
+# that a kill in epoch 1 loses seconds of work done after epoch 0's checkpoint.
+SLOW_EPOCH_1 = """
+import sys, time
+import checkpoint, train
+checkpoint.CLOCK_INTERVAL_S = 0.2
+step = train.TrainStep.__call__
+def slow_in_epoch_1(self, images, target, epoch, i):
+    if epoch == 1:
+        time.sleep(0.4)
+    return step(self, images, target, epoch, i)
+train.TrainStep.__call__ = slow_in_epoch_1
+sys.exit(train.cli(sys.argv[1:]))
+"""
+
+
+def test_time_lost_to_a_sigkill_counts_in_the_resumed_runs_wall_time(det_data, tmp_path):
+    """A crash that saved nothing still cost the time since the last checkpoint: the resume adds it back from
+    run_clock.json, so wall_time_s is what the run took, not what its checkpoints saw."""
+    import json
+
+    out = tmp_path / "out"
+    proc = start([sys.executable, "-c", SLOW_EPOCH_1, *map(str, det_args(det_data, out))])
+    wait_for(proc, "Epoch: [1] [5/")  # epoch 0's checkpoint is 5 slowed steps (2 s) old
+    time.sleep(0.3)  # a clock tick after the last step logged
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    clock = json.loads((out / "run_clock.json").read_text())
+    assert ckpt["epoch"] == 0 and clock["run_id"] == ckpt["run_id"]
+    lost = clock["wall_time_s"] - ckpt["wall_time_s"]
+    assert lost >= 1.6, (clock, ckpt["wall_time_s"])
+
+    resumed = run_train_in_process(det_args(det_data, out, "--resume", "auto"))
+    assert f"resume: {lost:.0f} s of training after that checkpoint were lost" in resumed.stdout, resumed.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["wall_time_s"] > clock["wall_time_s"]
+    final = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert final["run_id"] == ckpt["run_id"] and final["wall_time_s"] == pytest.approx(summary["wall_time_s"], abs=1)
 
 
 def test_torchrun_sigterm_saves_and_resume_matches_uninterrupted(det_data, straight_ddp, tmp_path):
