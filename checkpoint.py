@@ -16,6 +16,7 @@ Files in --output-dir:
 import contextlib
 import glob
 import json
+import math
 import os
 import re
 import shutil
@@ -187,6 +188,7 @@ class RunState:
         self.time_to_target_s = self.epochs_to_target = None
         self.wall_offset, self.run_start = 0.0, time.time()
         self.run_id = uuid.uuid4().hex  # a resume keeps it: RunClock's record is read for the same run only
+        self.checkpoint_wall_time: float | None = None  # wall_time_s of the newest checkpoint saved or loaded
         self.epoch_times: list[float] = []
         self.resume_note = None  # a warning for the log, set by load_state_dict
 
@@ -194,6 +196,8 @@ class RunState:
         return self.wall_offset + time.time() - self.run_start
 
     def state_dict(self) -> dict:
+        """The counters for a checkpoint about to be saved (which RunClock's record then refers to)."""
+        self.checkpoint_wall_time = self.wall_time()
         return {
             "epoch": self.epoch - 1,  # mid-epoch (step > 0): the epoch before the one in progress
             "step_in_epoch": self.step,
@@ -202,7 +206,7 @@ class RunState:
             "world_size": self.world_size,
             "global_batch": self.global_batch,
             "best_acc1": self.best_acc1,
-            "wall_time_s": self.wall_time(),
+            "wall_time_s": self.checkpoint_wall_time,
             "run_id": self.run_id,
             "time_to_target_s": self.time_to_target_s,
             "epochs_to_target": self.epochs_to_target,
@@ -215,6 +219,7 @@ class RunState:
         self.global_step = int(state.get("global_step", 0))
         self.best_acc1 = float(state.get("best_acc1", -1.0))
         self.wall_offset, self.run_start = float(state.get("wall_time_s", 0.0)), time.time()
+        self.checkpoint_wall_time = self.wall_offset
         self.run_id = str(state.get("run_id", self.run_id))
         self.time_to_target_s, self.epochs_to_target = state.get("time_to_target_s"), state.get("epochs_to_target")
         self.epoch_times = [float(t) for t in state.get("epoch_times", [])]
@@ -231,12 +236,14 @@ class RunState:
 
 
 class RunClock:
-    """The run's wall time on disk, rewritten every CLOCK_INTERVAL_S seconds by a background thread (rank 0).
+    """The run's wall time on disk, rewritten every CLOCK_INTERVAL_S seconds by a background thread (rank 0),
+    with the wall time of the newest checkpoint the process saved or loaded.
 
     A checkpoint holds the wall time at its save; a crash without one (SIGKILL, a lost node, an out-of-memory kill)
-    loses the work done since, which the resumed run redoes. `count_lost_time` adds that time back on resume from
-    this file, so wall_time_s and time_to_target_s are what the run cost, crashes included (short by at most
-    CLOCK_INTERVAL_S)."""
+    loses the work done since, which the resumed run redoes. `count_lost_time` adds that time back when the run
+    resumes from that very checkpoint, so wall_time_s and time_to_target_s are what the run cost, crashes included
+    (short by at most CLOCK_INTERVAL_S). A resume from another checkpoint (an older epoch's file, a copy in another
+    folder) is a choice, not a loss: nothing is added."""
 
     def __init__(self, run_state: RunState, output_dir: str | None):
         self.run_state, self.output_dir = run_state, output_dir
@@ -249,25 +256,29 @@ class RunClock:
         return os.path.join(self.output_dir or ".", CLOCK)
 
     def count_lost_time(self, log) -> None:
-        """After a resume: if this folder's clock belongs to the same run and is ahead of the checkpoint, the
-        difference is work lost in a crash; it counts in the run's wall time. A missing or unreadable clock (an
-        older run, another folder) changes nothing."""
+        """After a resume: if this folder's clock was written by the same run after the checkpoint just loaded,
+        the time since that checkpoint is work lost when the process ended; it counts in the run's wall time. A
+        missing or unreadable clock, another run's, or one that refers to another checkpoint changes nothing."""
         try:
             with open(self.path, encoding="utf-8") as f:
                 clock = json.load(f)
-            run_id, wall = clock["run_id"], float(clock["wall_time_s"])
+            run_id, wall, saved = clock["run_id"], float(clock["wall_time_s"]), clock["checkpoint_wall_time_s"]
+            same_checkpoint = saved is not None and math.isclose(float(saved), self.run_state.wall_offset,
+                                                                  abs_tol=1e-6)
         except (OSError, ValueError, KeyError, TypeError):
             return
         lost = wall - self.run_state.wall_offset  # the checkpoint's wall time (this process's own time runs on)
-        if run_id != self.run_state.run_id or lost <= 0:
+        if run_id != self.run_state.run_id or not same_checkpoint or lost <= 0:
             return
         self.run_state.wall_offset += lost
-        if lost >= 1.0:  # less: the moments between a preemption's last save and its exit
-            log(f"resume: {lost:.0f} s of training after that checkpoint were lost (the run ended without saving); "
+        if lost >= 1.0:  # less: the moments between a preemption's save and its exit
+            log(f"resume: the run went on for {lost:.0f} s after that checkpoint, work lost when it ended; "
                 f"they count in the run's wall time")
 
     def write(self) -> None:
-        payload = json.dumps({"run_id": self.run_state.run_id, "wall_time_s": round(self.run_state.wall_time(), 3)})
+        state = self.run_state
+        payload = json.dumps({"run_id": state.run_id, "wall_time_s": state.wall_time(),
+                              "checkpoint_wall_time_s": state.checkpoint_wall_time})
         try:
             fileio.atomic_write(self.path, lambda f: f.write(payload), binary=False)
         except OSError:

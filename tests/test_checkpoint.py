@@ -67,26 +67,28 @@ def test_resume_auto_prefers_mid_epoch_latest_over_older_epoch_file(tmp_path):
     assert ckpt_io.find_resume_checkpoint(str(tmp_path / "empty"), log=print) is None
 
 
-def test_run_clock_adds_only_its_own_runs_lost_time(tmp_path):
-    """The clock of the same run, ahead of the checkpoint, is lost work; another run's clock, or an unreadable one,
-    changes nothing."""
+def test_run_clock_adds_lost_time_only_after_the_checkpoint_it_ran_from(tmp_path):
+    """The same run's clock, written after the checkpoint being resumed, is lost work. Another run's clock, a resume
+    from another checkpoint (an older epoch's file: a choice, not a loss), or an unreadable clock change nothing."""
     crashed = ckpt_io.RunState(world_size=1, global_batch=4)
+    crashed.wall_offset = 60.0
+    saved = crashed.state_dict()  # its newest checkpoint, at 60 s
     crashed.wall_offset = 100.0
-    ckpt_io.RunClock(crashed, str(tmp_path)).write()  # its last tick, at about 100 s
+    ckpt_io.RunClock(crashed, str(tmp_path)).write()  # its last tick, at 100 s
 
-    def resumed_from(saved_at: float, run_id: str) -> tuple[float, list[str]]:
+    def resumed_from(checkpoint: dict) -> tuple[float, list[str]]:
         state, lines = ckpt_io.RunState(world_size=1, global_batch=4), []
-        state.load_state_dict({"epoch": 0, "wall_time_s": saved_at, "run_id": run_id})
+        state.load_state_dict(checkpoint)
         ckpt_io.RunClock(state, str(tmp_path)).count_lost_time(lines.append)
         return state.wall_time(), lines
 
-    wall, lines = resumed_from(60.0, crashed.run_id)
+    wall, lines = resumed_from(saved)
     assert wall == pytest.approx(100.0, abs=0.5)
-    assert lines and lines[0].startswith("resume: 40 s of training after that checkpoint were lost")
-    assert resumed_from(60.0, "another run")[0] == pytest.approx(60.0, abs=0.5)
-    assert resumed_from(120.0, crashed.run_id)[0] == pytest.approx(120.0, abs=0.5)  # saved after the last tick
+    assert lines and lines[0].startswith("resume: the run went on for 40 s after that checkpoint")
+    assert resumed_from(dict(saved, run_id="another run"))[0] == pytest.approx(60.0, abs=0.5)
+    assert resumed_from(dict(saved, wall_time_s=30.0)) == (pytest.approx(30.0, abs=0.5), [])  # an older epoch's
     (tmp_path / ckpt_io.CLOCK).write_text("{not json")
-    assert resumed_from(60.0, crashed.run_id) == (pytest.approx(60.0, abs=0.5), [])
+    assert resumed_from(saved) == (pytest.approx(60.0, abs=0.5), [])
 
 
 def test_load_rejects_pickled_code_and_names_file(tmp_path):

@@ -444,11 +444,18 @@ def test_test_sh_skip_install_and_pip_failure(logging_python, tmp_path):
     assert [c[:2] for c in _calls(tmp_path)] == [["-m", "pip"]]  # pytest not run after a failed install
 
 
+def test_test_sh_counts_cores_whatever_omp_num_threads_says(logging_python, tmp_path):
+    """GNU nproc answers OMP_NUM_THREADS when it is set (the README's CPU commands set it to 1)."""
+    env = _clean_env(PYTHON=str(logging_python), TEST_SKIP_INSTALL="1", OMP_NUM_THREADS="1")
+    assert _run("test.sh", [], env, tmp_path).returncode == 0
+    assert _calls(tmp_path) == [["-m", "pytest", "-n", DEFAULT_TEST_WORKERS, "--dist", "worksteal"]]
+
+
 def test_test_sh_workers_setting(logging_python, tmp_path):
     one_at_a_time = _run("test.sh", ["-x"], _clean_env(PYTHON=str(logging_python), TEST_SKIP_INSTALL="1",
                                                        TEST_WORKERS="0"), tmp_path)
     assert one_at_a_time.returncode == 0, one_at_a_time.stderr
-    assert _calls(tmp_path) == [["-m", "pytest", "-n", "0", "--dist", "worksteal", "-x"]]
+    assert _calls(tmp_path) == [["-m", "pytest", "-x"]]  # no xdist option: runs without pytest-xdist too
 
     (tmp_path / "calls.jsonl").unlink()
     bad = _run("test.sh", [], _clean_env(PYTHON=str(logging_python), TEST_WORKERS="two"), tmp_path)
