@@ -246,19 +246,20 @@ class RunClock:
     folder) is a choice, not a loss: nothing is added."""
 
     def __init__(self, run_state: RunState, output_dir: str | None):
-        self.run_state, self.output_dir = run_state, output_dir
-        self.interval_s = CLOCK_INTERVAL_S
+        self.run_state, self.output_dir = run_state, output_dir  # None: a run that writes nothing
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @property
     def path(self) -> str:
-        return os.path.join(self.output_dir or ".", CLOCK)
+        return os.path.join(self.output_dir, CLOCK)
 
     def count_lost_time(self, log) -> None:
         """After a resume: if this folder's clock was written by the same run after the checkpoint just loaded,
         the time since that checkpoint is work lost when the process ended; it counts in the run's wall time. A
         missing or unreadable clock, another run's, or one that refers to another checkpoint changes nothing."""
+        if not self.output_dir:
+            return
         try:
             with open(self.path, encoding="utf-8") as f:
                 clock = json.load(f)
@@ -292,7 +293,7 @@ class RunClock:
         return self
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while not self._stop.wait(CLOCK_INTERVAL_S):
             self.write()
 
     def stop(self) -> None:
